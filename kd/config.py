@@ -50,8 +50,9 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         _fail(name, value, f"must be an integer >= {minimum}")
 
 
-def _check_float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
-                 hi_open: bool = False) -> None:
+def _check_float(
+    name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         _fail(name, value, "must be a finite number")
     too_low = value <= lo if lo_open else value < lo
@@ -94,7 +95,7 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
-            _fail("source", self.source, "give 'sample', 'keras', a path or a gs:// URI")
+            _fail("source", self.source, "must be 'sample', 'keras', a path or a gs:// URI")
         _check_float("val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         _check_int("seed", self.seed, 0)
         _check_int("train_per_class", self.train_per_class, 0)

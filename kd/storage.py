@@ -73,7 +73,9 @@ def gcs_download(uri: str, dest: Path) -> Path:
             os.replace(tmp, dest)
             return dest
         prefix = path + "/" if path else ""
-        blobs = [b for b in client.list_blobs(bucket_name, prefix=prefix) if not b.name.endswith("/")]
+        blobs = [
+            b for b in client.list_blobs(bucket_name, prefix=prefix) if not b.name.endswith("/")
+        ]
     except DataError:
         raise
     except Exception as exc:

@@ -1,0 +1,199 @@
+"""Model presets: a teacher and a student builder per preset name.
+
+Every model takes raw RGB images of shape (32, 32, 3) with values 0-255 (uint8 or float) and
+returns 10 **logits**. The preprocessing (per-channel standardisation with fixed CIFAR-10
+statistics) is the model's first layer, so a saved model needs nothing else to predict or
+serve, and training, evaluation, ``predict`` and the SavedModel export all see the same input.
+
+Presets:
+
+- ``seed``: the notebook's architectures, exactly. Teacher: conv 64-64 / 128-128 / 256-256
+  (3x3, same padding, ReLU; BatchNorm after the first conv of each block; 2x2 max-pool;
+  dropout 0.2/0.3/0.4), dense 512, dropout 0.5, 10 logits: 3,249,098 trainable parameters.
+  Student: conv 32, max-pool, conv 64, max-pool, dense 128, 10 logits: 545,098 parameters.
+- ``resnet``: CIFAR ResNets (He et al., 2016). Teacher: ResNet-20 with widths 64/128/256 and
+  1x1 projection shortcuts (about 4.3 M parameters). Student: the classic ResNet-20 (widths
+  16/32/64, parameter-free "option A" shortcuts), under half the seed student's parameters.
+
+Add a preset by writing two builders and registering them in :data:`BUILDERS`
+(and its name in :data:`kd.config.PRESETS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kd.config import IMAGE_SHAPE, NUM_CLASSES, PRESETS
+from kd.errors import ConfigError
+
+# Per-channel mean and standard deviation of the CIFAR-10 training set, on the 0-255 scale.
+CIFAR_MEAN = (125.3, 123.0, 113.9)
+CIFAR_STD = (63.0, 62.1, 66.7)
+
+ROLES = ("teacher", "student")
+
+
+def _preprocess(inputs: Any) -> Any:
+    import keras
+
+    return keras.layers.Normalization(
+        mean=list(CIFAR_MEAN),
+        variance=[s * s for s in CIFAR_STD],
+        name="standardize",
+    )(inputs)
+
+
+def _head(x: Any) -> Any:
+    import keras
+
+    # Logits in float32 even under a mixed-precision policy.
+    return keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(x)
+
+
+def seed_teacher() -> Any:
+    """The notebook's teacher: 3,249,098 trainable parameters."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = _preprocess(inputs)
+    for i, (filters, drop) in enumerate(((64, 0.2), (128, 0.3), (256, 0.4)), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"b{i}_conv1")(x)
+        x = layers.BatchNormalization(name=f"b{i}_bn")(x)
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"b{i}_conv2")(x)
+        x = layers.MaxPooling2D(2, name=f"b{i}_pool")(x)
+        x = layers.Dropout(drop, name=f"b{i}_drop")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(512, activation="relu", name="fc")(x)
+    x = layers.Dropout(0.5, name="fc_drop")(x)
+    return keras.Model(inputs, _head(x), name="seed_teacher")
+
+
+def seed_student() -> Any:
+    """The notebook's student: 545,098 trainable parameters, no BatchNorm."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = _preprocess(inputs)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(x)
+    x = layers.MaxPooling2D(2, name="pool1")(x)
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(2, name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name="fc")(x)
+    return keras.Model(inputs, _head(x), name="seed_student")
+
+
+def _resnet(widths: tuple[int, int, int], blocks: int, projection: bool, name: str) -> Any:
+    """A CIFAR ResNet with ``3 * blocks`` basic blocks (depth ``6 * blocks + 2``).
+
+    Args:
+        widths: filters of the three stages (the stem has ``widths[0]``).
+        blocks: basic blocks per stage.
+        projection: 1x1 conv + BN shortcuts where the shape changes; otherwise the
+            parameter-free "option A" shortcut (stride-2 subsampling, zero channels appended).
+        name: model name.
+    """
+    import keras
+    from keras import layers
+
+    def conv(f: int, s: int, n: str) -> Any:
+        return layers.Conv2D(
+            f,
+            3,
+            strides=s,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            name=n,
+        )
+
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = _preprocess(inputs)
+    x = conv(widths[0], 1, "stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    in_f = widths[0]
+    for stage, f in enumerate(widths, start=1):
+        for b in range(blocks):
+            s = 2 if (stage > 1 and b == 0) else 1
+            p = f"s{stage}b{b}"
+            y = conv(f, s, f"{p}_conv1")(x)
+            y = layers.BatchNormalization(name=f"{p}_bn1")(y)
+            y = layers.ReLU(name=f"{p}_relu1")(y)
+            y = conv(f, 1, f"{p}_conv2")(y)
+            y = layers.BatchNormalization(name=f"{p}_bn2")(y)
+            shortcut = x
+            if s != 1 or in_f != f:
+                if projection:
+                    shortcut = layers.Conv2D(f, 1, strides=s, use_bias=False, name=f"{p}_proj")(x)
+                    shortcut = layers.BatchNormalization(name=f"{p}_proj_bn")(shortcut)
+                else:
+                    shortcut = layers.MaxPooling2D(1, strides=s, name=f"{p}_sub")(x)
+                    zeros = layers.Rescaling(0.0, name=f"{p}_zeros")(shortcut)
+                    pads = [zeros] * ((f - in_f) // in_f)
+                    shortcut = layers.Concatenate(name=f"{p}_pad")([shortcut, *pads])
+            x = layers.Add(name=f"{p}_add")([y, shortcut])
+            x = layers.ReLU(name=f"{p}_out")(x)
+            in_f = f
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, _head(x), name=name)
+
+
+def resnet_teacher() -> Any:
+    """ResNet-20, widths 64/128/256, projection shortcuts (about 4.3 M parameters)."""
+    return _resnet((64, 128, 256), 3, projection=True, name="resnet_teacher")
+
+
+def resnet_student() -> Any:
+    """The classic ResNet-20 (widths 16/32/64, option-A shortcuts), under 272,549 parameters."""
+    return _resnet((16, 32, 64), 3, projection=False, name="resnet_student")
+
+
+BUILDERS: dict[str, dict[str, Callable[[], Any]]] = {
+    "seed": {"teacher": seed_teacher, "student": seed_student},
+    "resnet": {"teacher": resnet_teacher, "student": resnet_student},
+}
+
+
+def build_model(preset: str, role: str, *, seed: int = 42, mixed_precision: bool = False) -> Any:
+    """Build the ``role`` model of ``preset`` with weights initialised from ``seed``.
+
+    The distilled and the scratch student both come from this function with the same preset
+    and seed, so they start from identical weights.
+
+    Args:
+        preset: a name in :data:`kd.config.PRESETS`.
+        role: ``teacher`` or ``student``.
+        seed: seed of the weight initialisation (Python, NumPy and the Keras backend).
+        mixed_precision: build under the ``mixed_bfloat16`` policy (logits stay float32).
+
+    Returns:
+        An uncompiled ``keras.Model`` mapping (N, 32, 32, 3) images in 0-255 to (N, 10) logits.
+    """
+    if preset not in PRESETS or preset not in BUILDERS:
+        raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(BUILDERS)}")
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}: choose teacher or student")
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")
+    try:
+        return BUILDERS[preset][role]()
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def count_params(model: Any) -> dict[str, int]:
+    """Trainable, non-trainable and total parameter counts of a Keras model."""
+    trainable = int(sum(int(w.numpy().size) for w in model.trainable_weights))
+    non_trainable = int(sum(int(w.numpy().size) for w in model.non_trainable_weights))
+    return {
+        "trainable": trainable,
+        "non_trainable": non_trainable,
+        "total": trainable + non_trainable,
+    }

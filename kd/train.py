@@ -1,0 +1,546 @@
+"""Training: the teacher, the scratch student and the distilled student, resumable.
+
+All three go through :func:`fit`, which adds what a production run needs around
+``keras.Model.fit``:
+
+- **Augmentation** (random crop from a 4-pixel zero-padded image, horizontal flip), vectorised
+  NumPy over a whole batch (one gather, no per-image loop), drawn from a generator keyed by
+  ``(seed, epoch, batch)``: the same seed gives the same batches, also after a resume. The
+  distiller's teacher and student see the same augmented batch.
+- **Optimiser and schedule** from the config: SGD with Nesterov momentum (or Adam/AdamW),
+  decoupled weight decay, linear warm-up then cosine decay, optional global-norm clipping.
+- **A checkpoint every epoch and resume after a kill** (``keras.callbacks.BackupAndRestore``
+  under ``<out_dir>/checkpoint``): a rerun with the same config continues from the last
+  completed epoch; a checkpoint made with another config is discarded, never mixed in.
+- **Divergence detection**: a non-finite loss, or validation accuracy at chance from
+  ``divergence_check_epoch`` on, stops the run with :class:`kd.errors.DivergenceError`.
+- **History** as JSON (``history.json``), early stopping on validation accuracy, progress lines.
+
+Outputs of each stage, in ``out_dir``: ``model.keras`` (the model, preprocessing included),
+``history.json``, ``info.json`` (preset, role, parameters, best validation accuracy, config).
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from kd import distill as kd_distill
+from kd.config import NUM_CLASSES, DistillConfig, StudentConfig, TeacherConfig, TrainConfig
+from kd.errors import ArtifactError, ConfigError, DivergenceError
+from kd.models import build_model, count_params
+from kd.storage import atomic_path, write_text_atomic
+
+Log = Callable[[str], None]
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+INFO_FILE = "info.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def augment_batch(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """Random crop of a ``pad``-pixel zero-padded image plus a random horizontal flip.
+
+    Args:
+        x: (N, H, W, C) images (any dtype).
+        rng: the generator the offsets and flips are drawn from.
+        pad: padding in pixels on each side (crop offsets are uniform in [0, 2*pad]).
+
+    Returns:
+        An array of the same shape and dtype.
+    """
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    oy = rng.integers(0, 2 * pad + 1, n)
+    ox = rng.integers(0, 2 * pad + 1, n)
+    flip = rng.random(n) < 0.5
+    rows = oy[:, None] + np.arange(h)
+    cols = ox[:, None] + np.arange(w)
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class BatchSequence(keras.utils.PyDataset):
+    """Batches of (images as float32 0-255, labels), shuffled and augmented per epoch.
+
+    The order and the augmentation of batch ``i`` in epoch ``e`` depend only on
+    ``(seed, e, i)``. The epoch is counted from the requests themselves (a request for batch 0
+    after the last batch starts the next epoch), so it stays right however far ahead the
+    backend's input pipeline prefetches; ``start_epoch`` is where a resumed run begins.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool,
+        augment: bool,
+        start_epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        self.x, self.y = x, y.astype(np.int32)
+        self.batch_size, self.seed = batch_size, seed
+        self.shuffle, self.augment = shuffle, augment
+        self.start_epoch = self.epoch = start_epoch
+        self._last = -1
+        self._order_epoch = -1
+        self._order = np.arange(len(x))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def _ordering(self) -> np.ndarray:
+        if self.shuffle and self._order_epoch != self.epoch:
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
+            self._order_epoch = self.epoch
+        return self._order
+
+    def restart(self) -> None:
+        """Forget the requests made so far (input pipelines peek at batches 0 and 1 to learn
+        their shapes before training starts)."""
+        self.epoch, self._last = self.start_epoch, -1
+
+    def batch(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``i`` of epoch ``epoch`` (pure: no counters move)."""
+        saved = self.epoch
+        self.epoch = epoch
+        try:
+            idx = self._ordering()[i * self.batch_size : (i + 1) * self.batch_size]
+        finally:
+            self.epoch = saved
+        xb = self.x[idx]
+        if self.augment:
+            xb = augment_batch(xb, np.random.default_rng([self.seed, epoch, i, 1]))
+        return xb.astype(np.float32), self.y[idx]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i == 0 and self._last == len(self) - 1:
+            self.epoch += 1
+        self._last = i
+        return self.batch(self.epoch, i)
+
+
+def _seed_generators(model: Any) -> list[Any]:
+    """Every ``keras.random.SeedGenerator`` the model's layers own (dropout and friends)."""
+    found: list[Any] = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for value in vars(layer).values():
+            if isinstance(value, keras.random.SeedGenerator) and value not in found:
+                found.append(value)
+    return found
+
+
+class _Reseed(keras.callbacks.Callback):
+    """At the start of training, reset the batch sequence's request counter; at each epoch
+    start, re-seed every layer's random generator from ``(seed, epoch)``, so
+    that dropout after a resume draws exactly what an uninterrupted run draws."""
+
+    def __init__(self, seed: int, seq: BatchSequence) -> None:
+        super().__init__()
+        self.seed, self.seq = seed, seq
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.seq.restart()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        for k, gen in enumerate(_seed_generators(self.model)):
+            value = int(np.random.default_rng([self.seed, epoch, k]).integers(2**31))
+            gen.state.assign(np.array([value, 0], dtype=gen.state.dtype))
+
+
+class _HistoryAndGuard(keras.callbacks.Callback):
+    """Appends each epoch to ``history.json`` (kept across resumes), logs progress, and
+    raises DivergenceError on a non-finite loss or chance-level validation accuracy."""
+
+    def __init__(self, path: Path, cfg: TrainConfig, name: str, steps: int, log: Log) -> None:
+        super().__init__()
+        self.path, self.cfg, self.name, self.steps, self.log = path, cfg, name, steps, log
+        self.history: dict[str, list[float]] = {}
+        self._t0 = 0.0
+        self._every = max(1, steps // 4)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.path.exists():
+            self.history = json.loads(self.path.read_text())
+        start = int(getattr(self.model, "_initial_epoch", 0) or 0)
+        # Keep only the epochs the restored checkpoint covers.
+        self.history = {k: v[:start] for k, v in self.history.items()}
+        if start:
+            self.log(f"[{self.name}] resuming after epoch {start}/{self.cfg.epochs}")
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._t0 = time.perf_counter()
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if (batch + 1) % self._every == 0 and batch + 1 < self.steps:
+            self.log(
+                f"[{self.name}] epoch {self._epoch + 1}/{self.cfg.epochs} "
+                f"step {batch + 1}/{self.steps}"
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        row: dict[str, float] = {"epoch": epoch + 1}
+        for k, v in logs.items():
+            row[k] = float(v)
+        row["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["epoch_time_s"] = time.perf_counter() - self._t0
+        for k, v in row.items():
+            self.history.setdefault(k, []).append(v)
+        write_text_atomic(self.path, json.dumps(self.history, indent=1))
+        acc, val = row.get("accuracy", float("nan")), row.get("val_accuracy", float("nan"))
+        self.log(
+            f"[{self.name}] epoch {epoch + 1}/{self.cfg.epochs} loss {row.get('loss', 0):.4f} "
+            f"acc {acc:.4f} val_loss {row.get('val_loss', 0):.4f} val_acc {val:.4f} "
+            f"lr {row['lr']:.4g} ({row['epoch_time_s']:.1f} s)"
+        )
+        fix = (
+            "Fix: lower learning_rate (e.g. 0.05 for the seed student), set clipnorm (e.g. 2), "
+            "or use warmup_epochs >= 2"
+        )
+        if not math.isfinite(row.get("loss", 0.0)):
+            raise DivergenceError(
+                f"[{self.name}] training diverged: loss is {row.get('loss')} at epoch "
+                f"{epoch + 1}. {fix}"
+            )
+        check = self.cfg.divergence_check_epoch
+        chance = 1.0 / NUM_CLASSES + 0.02
+        if check and epoch + 1 >= check and "val_accuracy" in row and val <= chance:
+            raise DivergenceError(
+                f"[{self.name}] training diverged: validation accuracy {val:.3f} is at chance "
+                f"(<= {chance:.2f}) after {epoch + 1} epochs. {fix}; or set "
+                "divergence_check_epoch=0 for runs this short"
+            )
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """The optimiser and learning-rate schedule the config asks for.
+
+    Cosine: linear warm-up from ``0.01 * lr`` to ``lr`` over ``warmup_epochs``, then cosine
+    decay to 0 at the last step. Weight decay is decoupled (``w -= lr_t * wd * w``).
+    """
+    total = max(1, cfg.epochs * steps_per_epoch)
+    lr: Any = cfg.learning_rate
+    if cfg.schedule == "cosine":
+        warm = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+        if warm > 0:
+            lr = keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=cfg.learning_rate * 0.01,
+                decay_steps=total - warm,
+                warmup_target=cfg.learning_rate,
+                warmup_steps=warm,
+            )
+        else:
+            lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total)
+    clip = {"global_clipnorm": cfg.clipnorm} if cfg.clipnorm > 0 else {}
+    wd = cfg.weight_decay or None
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd, **clip
+        )
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=wd, **clip)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **clip)
+    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: choose sgd, adam or adamw")
+
+
+def _config_fingerprint(cfg: TrainConfig, extra: str) -> str:
+    text = json.dumps(
+        {"cfg": dataclasses.asdict(cfg), "type": type(cfg).__name__, "extra": extra}, sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _prepare_checkpoint(ckpt: Path, fingerprint: str, log: Log, name: str) -> None:
+    stamp = ckpt / "fingerprint.txt"
+    if ckpt.exists():
+        if stamp.exists() and stamp.read_text() == fingerprint:
+            return
+        log(f"[{name}] discarding a checkpoint made with another config or data")
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True)
+    write_text_atomic(stamp, fingerprint)
+
+
+def fit(
+    model: Any,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    name: str,
+    fingerprint_extra: str = "",
+    log: Log = print,
+) -> dict[str, list[float]]:
+    """Train a compiled model (or Distiller) with checkpoints, resume and divergence checks.
+
+    Args:
+        model: a compiled ``keras.Model`` or ``keras.distillation.Distiller``.
+        train: (x uint8 (N,32,32,3), y (N,)) training split.
+        val: validation split (never augmented).
+        cfg: the stage's config (epochs, batch size, augmentation, seeds, early stopping).
+        out_dir: the stage's output folder; the checkpoint lives in ``out_dir/checkpoint``.
+        name: the stage's name in progress lines.
+        fingerprint_extra: anything besides ``cfg`` a checkpoint must match (e.g. data hash).
+        log: where progress lines go.
+
+    Returns:
+        The history: per-epoch lists (``epoch`` 1-based, ``loss``, ``accuracy``,
+        ``val_loss``, ``val_accuracy``, ``lr``, ``epoch_time_s``, and for distillation
+        ``student_loss`` and ``distillation_loss``), also written to ``out_dir/history.json``
+        as the run goes.
+    """
+    out = Path(out_dir)
+    ckpt = out / CHECKPOINT_DIR
+    _prepare_checkpoint(ckpt, _config_fingerprint(cfg, fingerprint_extra), log, name)
+    meta = ckpt / "backup" / "training_metadata.json"
+    start = json.loads(meta.read_text())["epoch"] if meta.exists() else 0
+    train_seq = BatchSequence(
+        *train, cfg.batch_size, seed=cfg.seed, shuffle=True, augment=cfg.augment, start_epoch=start
+    )
+    val_seq = BatchSequence(*val, 512, seed=cfg.seed, shuffle=False, augment=False)
+    hist = _HistoryAndGuard(ckpt / HISTORY_FILE, cfg, name, len(train_seq), log)
+    callbacks: list[Any] = [
+        keras.callbacks.BackupAndRestore(
+            str(ckpt / "backup"), save_freq="epoch", delete_checkpoint=False
+        ),
+        _Reseed(cfg.seed, train_seq),
+        hist,
+    ]
+    if cfg.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                mode="max",
+                patience=cfg.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    # shuffle=False: the sequence shuffles itself, reproducibly; Keras's own batch shuffling
+    # would draw from an unseeded source and break resume.
+    model.fit(
+        train_seq,
+        validation_data=val_seq,
+        epochs=cfg.epochs,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=0,
+    )
+    return hist.history
+
+
+def _validate_split(name: str, x: np.ndarray, y: np.ndarray) -> None:
+    if len(x) == 0:
+        raise ArtifactError(f"the {name} split is empty. Fix: re-run data_split with more data")
+    if x.dtype != np.uint8 or x.shape[1:] != (32, 32, 3) or len(x) != len(y):
+        raise ArtifactError(
+            f"the {name} split has images {x.dtype}{tuple(x.shape)} and {len(y)} labels; "
+            "expected uint8 (N,32,32,3) and N labels. Fix: produce it with data_split"
+        )
+
+
+@dataclass
+class TrainResult:
+    """What a training stage returns: the model, its history and where they were written."""
+
+    model: Any
+    history: dict[str, list[float]]
+    out_dir: Path
+    info: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / MODEL_FILE
+
+
+def save_outputs(
+    model: Any, out_dir: str | Path, history: dict[str, Any], info: dict[str, Any]
+) -> Path:
+    """Write ``model.keras``, ``history.json`` and ``info.json`` atomically into ``out_dir``."""
+    out = Path(out_dir)
+    # A clean copy: architecture and weights, no optimizer state or training config.
+    clean = keras.models.clone_model(model)
+    clean.set_weights(model.get_weights())
+    with atomic_path(out / MODEL_FILE) as tmp:
+        clean.save(str(tmp.with_suffix(".keras")))
+        tmp.with_suffix(".keras").rename(tmp)
+    write_text_atomic(out / HISTORY_FILE, json.dumps(history, indent=1))
+    write_text_atomic(out / INFO_FILE, json.dumps(info, indent=1))
+    return out / MODEL_FILE
+
+
+def load_model(path: str | Path) -> Any:
+    """Load a model saved by a stage (``model.keras`` or the folder holding it) safely.
+
+    ``safe_mode=True``: a file that would deserialise arbitrary code (a Lambda layer) is
+    refused. Raises ArtifactError for anything that is not a Keras model.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / MODEL_FILE
+    if not p.exists():
+        raise ArtifactError(
+            f"no model at {p}: expected a .keras file or a folder holding {MODEL_FILE}. Fix: "
+            "pass the Model artifact written by a training stage"
+        )
+    try:
+        import zipfile
+
+        if not zipfile.is_zipfile(p):
+            raise ValueError("not a .keras archive (zip)")
+        return keras.saving.load_model(str(p), compile=False, safe_mode=True)
+    except Exception as exc:
+        raise ArtifactError(
+            f"{p} is not a loadable Keras model ({type(exc).__name__}: {exc}). Fix: pass a "
+            ".keras file saved by train_teacher, distill_student or train_student_scratch"
+        ) from exc
+
+
+def _finish(
+    model: Any,
+    history: dict[str, list[float]],
+    out_dir: Path,
+    cfg: TrainConfig,
+    role: str,
+    stage: str,
+) -> TrainResult:
+    val = history.get("val_accuracy", [])
+    info = {
+        "stage": stage,
+        "preset": cfg.preset,
+        "role": role,
+        "parameters": count_params(model),
+        "framework": f"keras-{keras.__version__}/{keras.backend.backend()}",
+        "epochs_run": len(history.get("epoch", [])),
+        "best_val_accuracy": max(val) if val else None,
+        "best_epoch": int(np.argmax(val)) + 1 if val else None,
+        "final_val_accuracy": val[-1] if val else None,
+        "config": dataclasses.asdict(cfg),
+    }
+    save_outputs(model, out_dir, history, info)
+    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return TrainResult(model=model, history=history, out_dir=out_dir, info=info)
+
+
+def _data_fingerprint(train: tuple[np.ndarray, np.ndarray]) -> str:
+    x, y = train
+    h = hashlib.sha256()
+    h.update(str(x.shape).encode())
+    h.update(np.ascontiguousarray(x[:: max(1, len(x) // 64)]).tobytes())
+    h.update(np.ascontiguousarray(y).tobytes())
+    return h.hexdigest()
+
+
+def train_supervised(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    role: str,
+    stage: str,
+    log: Log = print,
+) -> TrainResult:
+    """Train the ``role`` model of ``cfg.preset`` on hard labels (teacher or scratch student).
+
+    Loss: cross-entropy of the labels against the logits (label-smoothed if configured).
+    """
+    _validate_split("train", *train)
+    _validate_split("validation", *val)
+    out = Path(out_dir)
+    model = build_model(cfg.preset, role, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
+    keras.utils.set_random_seed(cfg.seed)
+    steps = math.ceil(len(train[0]) / cfg.batch_size)
+    model.compile(
+        optimizer=make_optimizer(cfg, steps),
+        loss=kd_distill.hard_loss(cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    history = fit(
+        model, train, val, cfg, out, name=stage, fingerprint_extra=_data_fingerprint(train), log=log
+    )
+    return _finish(model, history, out, cfg, role, stage)
+
+
+def train_teacher(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TeacherConfig,
+    out_dir: str | Path,
+    log: Log = print,
+) -> TrainResult:
+    """Train the teacher of ``cfg.preset``; writes ``model.keras`` etc. into ``out_dir``."""
+    return train_supervised(
+        train, val, cfg, out_dir, role="teacher", stage="train_teacher", log=log
+    )
+
+
+def train_student_scratch(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: StudentConfig,
+    out_dir: str | Path,
+    log: Log = print,
+) -> TrainResult:
+    """Train the student of ``cfg.preset`` from scratch on hard labels (the baseline)."""
+    return train_supervised(
+        train, val, cfg, out_dir, role="student", stage="train_student_scratch", log=log
+    )
+
+
+def distill_student(
+    teacher: Any,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: DistillConfig,
+    out_dir: str | Path,
+    log: Log = print,
+) -> TrainResult:
+    """Distill the student of ``cfg.preset`` from ``teacher`` (see :mod:`kd.distill`).
+
+    The student starts from the same weights as the scratch student (same builder and seed);
+    validation loss and accuracy of the student are tracked every epoch.
+    """
+    _validate_split("train", *train)
+    _validate_split("validation", *val)
+    if cfg.clipnorm == 0 and cfg.learning_rate * cfg.temperature > 0.25:
+        log(
+            f"[distill_student] warning: lr {cfg.learning_rate} with T={cfg.temperature} and no "
+            "clipping diverged on the seed student in measurements; consider clipnorm=2"
+        )
+    out = Path(out_dir)
+    student = build_model(cfg.preset, "student", seed=cfg.seed, mixed_precision=cfg.mixed_precision)
+    distiller = kd_distill.make_distiller(teacher, student, cfg)
+    keras.utils.set_random_seed(cfg.seed)
+    steps = math.ceil(len(train[0]) / cfg.batch_size)
+    kd_distill.compile_distiller(distiller, make_optimizer(cfg, steps), cfg)
+    distiller(np.zeros((1, *train[0].shape[1:]), np.float32))  # BackupAndRestore needs it built
+    history = fit(
+        distiller,
+        train,
+        val,
+        cfg,
+        out,
+        name="distill_student",
+        fingerprint_extra=_data_fingerprint(train) + str(count_params(teacher)),
+        log=log,
+    )
+    return _finish(student, history, out, cfg, "student", "distill_student")

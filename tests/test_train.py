@@ -1,0 +1,181 @@
+"""Training loop: augmentation, determinism, divergence detection, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kd.config import StudentConfig
+from kd.errors import ArtifactError, DivergenceError
+from kd.train import (
+    BatchSequence,
+    augment_batch,
+    load_model,
+    train_student_scratch,
+)
+
+WORKER = Path(__file__).with_name("train_worker.py")
+RNG = np.random.default_rng(0)
+
+
+def _data(n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    x = RNG.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return x, np.arange(n) % 10
+
+
+def test_augment_is_a_padded_crop_or_its_mirror():
+    x, _ = _data(16)
+    out = augment_batch(x, np.random.default_rng(1))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    for i in range(len(x)):
+        windows = [padded[i, a : a + 32, b : b + 32] for a in range(9) for b in range(9)]
+        assert any(np.array_equal(out[i], w) or np.array_equal(out[i], w[:, ::-1]) for w in windows)
+    # Not the identity for every image.
+    assert not np.array_equal(out, x)
+
+
+def test_batches_depend_only_on_seed_epoch_and_index():
+    x, y = _data(100)
+    a = BatchSequence(x, y, 32, seed=5, shuffle=True, augment=True)
+    resumed = BatchSequence(x, y, 32, seed=5, shuffle=True, augment=True, start_epoch=1)
+    _ = a[0]  # a peek at the first batch (as input pipelines do) starts no new epoch
+    first = [a[i] for i in range(len(a))]
+    second = [a[i] for i in range(len(a))]  # the next pass is epoch 1
+    for i in range(len(a)):
+        np.testing.assert_array_equal(second[i][0], resumed[i][0])
+        np.testing.assert_array_equal(second[i][1], resumed[i][1])
+        np.testing.assert_array_equal(first[i][0], a.batch(0, i)[0])
+    assert not np.array_equal(first[0][1], second[0][1])
+    # One epoch covers every example once.
+    labels = np.concatenate([b[1] for b in first])
+    assert sorted(labels.tolist()) == sorted(y.tolist())
+
+
+def test_divergence_is_detected_with_a_clear_error(tmp_path):
+    x, y = _data(100)
+    cfg = StudentConfig(
+        epochs=3,
+        batch_size=25,
+        learning_rate=9.0,
+        clipnorm=0.0,
+        momentum=0.99,
+        weight_decay=0.0,
+        warmup_epochs=0,
+        divergence_check_epoch=1,
+        augment=False,
+    )
+    with pytest.raises(DivergenceError, match="diverged") as err:
+        train_student_scratch((x, y), (x[:50], y[:50]), cfg, tmp_path / "out")
+    assert "Fix:" in str(err.value)
+    assert not (tmp_path / "out" / "model.keras").exists()
+
+
+def test_outputs_and_history(tmp_path):
+    x, y = _data(100)
+    cfg = StudentConfig(epochs=2, batch_size=50, divergence_check_epoch=0)
+    res = train_student_scratch((x, y), (x[:50], y[:50]), cfg, tmp_path / "out")
+    hist = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert hist["epoch"] == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(hist)
+    info = json.loads((tmp_path / "out" / "info.json").read_text())
+    assert info["parameters"]["total"] == 545_098 and info["epochs_run"] == 2
+    assert not (tmp_path / "out" / "checkpoint").exists()
+    reloaded = load_model(tmp_path / "out")
+    np.testing.assert_allclose(
+        reloaded.predict(x[:4].astype("float32"), verbose=0),
+        res.model.predict(x[:4].astype("float32"), verbose=0),
+        rtol=1e-5,
+    )
+
+
+def test_load_model_refuses_non_models_and_code(tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_text("not a model")
+    with pytest.raises(ArtifactError, match="not a loadable Keras model"):
+        load_model(bad)
+    with pytest.raises(ArtifactError, match="no model at"):
+        load_model(tmp_path / "missing")
+    # A Lambda layer would run arbitrary code on load: safe_mode refuses it.
+    inp = keras.Input((2,))
+    m = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2)(inp))
+    m.save(tmp_path / "lambda.keras")
+    with pytest.raises(ArtifactError):
+        load_model(tmp_path / "lambda.keras")
+
+
+def _run_worker(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _kill_after_epochs(args: list[str], history: Path, epochs: int, env: dict) -> None:
+    proc = _run_worker(args, env)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if history.exists() and len(json.loads(history.read_text())["epoch"]) >= epochs:
+            time.sleep(0.3)  # into the next epoch
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"worker ended before the kill: {proc.stdout.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("worker did not reach the kill point in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["teacher", "scratch", "distill"])
+def test_resume_after_kill_matches_uninterrupted_run(stage, tmp_path):
+    env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    extra: list[str] = []
+    if stage == "distill":
+        # A tiny teacher to distill from.
+        r = subprocess.run(
+            [sys.executable, str(WORKER), "scratch", str(tmp_path / "t")],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        extra = [str(tmp_path / "t")]
+    ref, out = tmp_path / "ref", tmp_path / "resumed"
+    r = subprocess.run(
+        [sys.executable, str(WORKER), stage, str(ref), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    _kill_after_epochs([stage, str(out), *extra], out / "checkpoint" / "history.json", 2, env)
+    assert not (out / "model.keras").exists()  # killed: no half artifact
+    r = subprocess.run(
+        [sys.executable, str(WORKER), stage, str(out), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming after epoch" in r.stdout
+
+    a = json.loads((ref / "history.json").read_text())
+    b = json.loads((out / "history.json").read_text())
+    assert b["epoch"] == a["epoch"] == [1, 2, 3, 4]
+    np.testing.assert_allclose(b["val_loss"], a["val_loss"], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(b["val_accuracy"], a["val_accuracy"], atol=0.011)
