@@ -1,0 +1,97 @@
+"""Component: evaluate the three models side by side and decide the quality gate."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(
+    teacher: Input[Model],
+    student_distilled: Input[Model],
+    student_scratch: Input[Model],
+    test: Input[Dataset],
+    min_kd_gain: float,
+    min_accuracy: float,
+    batch_size: int,
+    latency_runs: int,
+    metrics: Output[Metrics],
+    teacher_confusion: Output[ClassificationMetrics],
+    distilled_confusion: Output[ClassificationMetrics],
+    scratch_confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
+    summary: Output[Markdown],
+    report_files: Output[Artifact],
+) -> NamedTuple("GateOutputs", gate_passed=bool, gate_reason=str, kd_gain=float):
+    """Test accuracy, per-class metrics, calibration, size and latency of the three models.
+
+    Args:
+        teacher: the teacher Model.
+        student_distilled: the distilled student Model.
+        student_scratch: the scratch student Model.
+        test: the test Dataset from data_split (its sha256 is checked).
+        min_kd_gain: the gate's minimum KD gain (distilled - scratch), percentage points.
+        min_accuracy: the gate's minimum test accuracy of the distilled student (0-1).
+        batch_size: prediction batch size (bounds memory).
+        latency_runs: timed batch-1 predictions for p50/p95 latency (ms).
+        metrics: accuracies, KD gain, compression ratio (also metrics.json in the file).
+        teacher_confusion: the teacher's confusion matrix.
+        distilled_confusion: the distilled student's confusion matrix.
+        scratch_confusion: the scratch student's confusion matrix.
+        report: the self-contained HTML report.
+        summary: the Markdown summary (with the gate's decision).
+        report_files: the report folder (PNGs, metrics.json, metrics.csv).
+
+    Returns:
+        gate_passed, gate_reason (which condition failed) and kd_gain (points).
+    """
+    from collections import namedtuple
+
+    from kd.config import EvalConfig, GateConfig
+    from kd.stages import copy_file
+    from kd.stages import evaluate as run
+
+    out = run(
+        {
+            "teacher": teacher.path,
+            "student_distilled": student_distilled.path,
+            "student_scratch": student_scratch.path,
+        },
+        (test.path, test.metadata.get("sha256")),
+        EvalConfig(batch_size=batch_size, latency_runs=latency_runs),
+        GateConfig(min_kd_gain=min_kd_gain, min_accuracy=min_accuracy),
+        report_files.path,
+        run_info={"test_dataset": dict(test.metadata)},
+    )
+    comp = out["comparison"]
+    for name, r in out["results"].items():
+        metrics.log_metric(f"{name}_accuracy", r["accuracy"])
+    for key in ("kd_gain_points", "relative_error_reduction", "compression_ratio"):
+        if comp.get(key) is not None:
+            metrics.log_metric(key, comp[key])
+    metrics.log_metric("gate_passed", int(out["gate_passed"]))
+    for art, name in (
+        (teacher_confusion, "teacher"),
+        (distilled_confusion, "student_distilled"),
+        (scratch_confusion, "student_scratch"),
+    ):
+        art.log_confusion_matrix(out["class_names"], out["results"][name]["confusion_matrix"])
+    copy_file(out["paths"]["metrics_json"], metrics.path)
+    copy_file(out["paths"]["report_html"], report.path)
+    copy_file(out["paths"]["summary_md"], summary.path)
+    gain = comp.get("kd_gain_points")
+    outputs = namedtuple("GateOutputs", ["gate_passed", "gate_reason", "kd_gain"])
+    return outputs(out["gate_passed"], out["gate_reason"], float(gain if gain is not None else 0))

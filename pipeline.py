@@ -1,0 +1,375 @@
+"""The kd-pipeline: compile it for Vertex AI or Kubeflow Pipelines, or submit it.
+
+    python pipeline.py compile [--output pipeline.yaml] [--target vertex|kfp]
+                               [--accelerator T4] [--gpus 1] [--image REGISTRY/kd-pipeline:TAG]
+    python pipeline.py submit --target kfp --host http://localhost:8080 [--param teacher_epochs=60]
+    python pipeline.py submit --target vertex --project P --region us-central1 \\
+                              --pipeline-root gs://BUCKET/root [--service-account SA]
+
+Stages: data_split -> (train_teacher || train_student_scratch) -> distill_student -> evaluate
+-> [gate passed] export_model. Every hyper-parameter and seed is a pipeline parameter whose
+default comes from :mod:`kd.config` (defined once there). Compiling needs kfp only: nothing
+on this path imports TensorFlow.
+"""
+
+# No `from __future__ import annotations`: KFP reads the pipeline signature's real types.
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kfp import compiler, dsl
+
+from components.data_split import data_split
+from components.distill_student import distill_student
+from components.evaluate import evaluate
+from components.export_model import export_model
+from components.image import IMAGE
+from components.train_student_scratch import train_student_scratch
+from components.train_teacher import train_teacher
+from kd.config import (
+    DistillConfig,
+    EvalConfig,
+    GateConfig,
+    SplitConfig,
+    StudentConfig,
+    TeacherConfig,
+    defaults,
+)
+
+PIPELINE_NAME = "kd-cifar10"
+TARGETS = ("vertex", "kfp")
+# Vertex AI machine-spec accelerator names, with short aliases.
+VERTEX_ACCELERATORS = {
+    "T4": "NVIDIA_TESLA_T4",
+    "V100": "NVIDIA_TESLA_V100",
+    "P100": "NVIDIA_TESLA_P100",
+    "P4": "NVIDIA_TESLA_P4",
+    "A100": "NVIDIA_TESLA_A100",
+    "A100_80GB": "NVIDIA_A100_80GB",
+    "L4": "NVIDIA_L4",
+    "H100": "NVIDIA_H100_80GB",
+    "H100_MEGA": "NVIDIA_H100_MEGA_80GB",
+    "H200": "NVIDIA_H200_141GB",
+}
+KFP_GPU_RESOURCE = "nvidia.com/gpu"
+
+_S, _T, _ST, _D = (
+    defaults(SplitConfig),
+    defaults(TeacherConfig),
+    defaults(StudentConfig),
+    defaults(DistillConfig),
+)
+_E, _G = defaults(EvalConfig), defaults(GateConfig)
+TRAIN_FIELDS = (
+    "preset",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "clipnorm",
+    "label_smoothing",
+    "augment",
+    "mixed_precision",
+    "early_stopping_patience",
+    "divergence_check_epoch",
+    "seed",
+)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Compute for the training steps (Kubernetes quantities: CPU cores, memory bytes)."""
+
+    target: str = "vertex"
+    accelerator: str | None = None
+    gpus: int = 0
+    train_cpu: str = "8"
+    train_memory: str = "32G"
+    light_cpu: str = "2"
+    light_memory: str = "8G"
+    retries: int = 2
+
+    def accelerator_type(self) -> str | None:
+        """The accelerator type string the target understands (None when no GPU)."""
+        if self.gpus <= 0:
+            return None
+        if self.target == "kfp":
+            return KFP_GPU_RESOURCE
+        name = (self.accelerator or "T4").upper()
+        if name in VERTEX_ACCELERATORS.values():
+            return name
+        if name not in VERTEX_ACCELERATORS:
+            raise SystemExit(
+                f"error: unknown --accelerator {self.accelerator!r} for Vertex AI: choose one of "
+                f"{', '.join(VERTEX_ACCELERATORS)} or a Vertex name such as NVIDIA_L4"
+            )
+        return VERTEX_ACCELERATORS[name]
+
+
+def _heavy(task: Any, res: Resources) -> Any:
+    task.set_cpu_request(res.train_cpu).set_cpu_limit(res.train_cpu)
+    task.set_memory_request(res.train_memory).set_memory_limit(res.train_memory)
+    kind = res.accelerator_type()
+    if kind:
+        task.set_accelerator_type(kind).set_accelerator_limit(res.gpus)
+    task.set_retry(num_retries=res.retries, backoff_duration="30s", backoff_factor=2.0)
+    return task
+
+
+def _light(task: Any, res: Resources) -> Any:
+    task.set_cpu_request(res.light_cpu).set_cpu_limit(res.light_cpu)
+    task.set_memory_request(res.light_memory).set_memory_limit(res.light_memory)
+    return task
+
+
+def _train_args(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f: values[f"{prefix}{f}"] for f in TRAIN_FIELDS}
+
+
+def make_pipeline(res: Resources | None = None) -> Any:
+    """Build the pipeline function for the given compute settings (one pipeline definition
+    serves the compiler, the submitter and the local runner)."""
+    res = res or Resources()
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Knowledge distillation on CIFAR-10: teacher, distilled and "
+        "scratch students, evaluation, quality gate and export.",
+    )
+    def kd_pipeline(
+        source: str = _S["source"],
+        val_fraction: float = _S["val_fraction"],
+        split_seed: int = _S["seed"],
+        train_per_class: int = _S["train_per_class"],
+        test_per_class: int = _S["test_per_class"],
+        teacher_preset: str = _T["preset"],
+        teacher_epochs: int = _T["epochs"],
+        teacher_batch_size: int = _T["batch_size"],
+        teacher_optimizer: str = _T["optimizer"],
+        teacher_learning_rate: float = _T["learning_rate"],
+        teacher_momentum: float = _T["momentum"],
+        teacher_weight_decay: float = _T["weight_decay"],
+        teacher_schedule: str = _T["schedule"],
+        teacher_warmup_epochs: int = _T["warmup_epochs"],
+        teacher_clipnorm: float = _T["clipnorm"],
+        teacher_label_smoothing: float = _T["label_smoothing"],
+        teacher_augment: bool = _T["augment"],
+        teacher_mixed_precision: bool = _T["mixed_precision"],
+        teacher_early_stopping_patience: int = _T["early_stopping_patience"],
+        teacher_divergence_check_epoch: int = _T["divergence_check_epoch"],
+        teacher_seed: int = _T["seed"],
+        student_preset: str = _ST["preset"],
+        student_epochs: int = _ST["epochs"],
+        student_batch_size: int = _ST["batch_size"],
+        student_optimizer: str = _ST["optimizer"],
+        student_learning_rate: float = _ST["learning_rate"],
+        student_momentum: float = _ST["momentum"],
+        student_weight_decay: float = _ST["weight_decay"],
+        student_schedule: str = _ST["schedule"],
+        student_warmup_epochs: int = _ST["warmup_epochs"],
+        student_clipnorm: float = _ST["clipnorm"],
+        student_label_smoothing: float = _ST["label_smoothing"],
+        student_augment: bool = _ST["augment"],
+        student_mixed_precision: bool = _ST["mixed_precision"],
+        student_early_stopping_patience: int = _ST["early_stopping_patience"],
+        student_divergence_check_epoch: int = _ST["divergence_check_epoch"],
+        student_seed: int = _ST["seed"],
+        temperature: float = _D["temperature"],
+        alpha: float = _D["alpha"],
+        eval_batch_size: int = _E["batch_size"],
+        latency_runs: int = _E["latency_runs"],
+        min_kd_gain: float = _G["min_kd_gain"],
+        min_accuracy: float = _G["min_accuracy"],
+        export_check_images: int = 256,
+    ):
+        """Teacher, distilled student and scratch student on CIFAR-10, evaluated side by side.
+
+        The ``student_*`` settings apply to both students (distilled and scratch) so that the
+        comparison is fair; ``temperature`` and ``alpha`` only to distillation.
+        """
+        v = dict(locals())
+        split = _light(
+            data_split(
+                source=source,
+                val_fraction=val_fraction,
+                split_seed=split_seed,
+                train_per_class=train_per_class,
+                test_per_class=test_per_class,
+            ),
+            res,
+        )
+        split.set_display_name("data split")
+        data = {"train": split.outputs["train"], "validation": split.outputs["validation"]}
+        teacher = _heavy(train_teacher(**data, **_train_args("teacher_", v)), res)
+        teacher.set_display_name("train teacher")
+        scratch = _heavy(train_student_scratch(**data, **_train_args("student_", v)), res)
+        scratch.set_display_name("train student from scratch")
+        distilled = _heavy(
+            distill_student(
+                teacher=teacher.outputs["model"],
+                **data,
+                **_train_args("student_", v),
+                temperature=temperature,
+                alpha=alpha,
+            ),
+            res,
+        )
+        distilled.set_display_name("distill student")
+        ev = _light(
+            evaluate(
+                teacher=teacher.outputs["model"],
+                student_distilled=distilled.outputs["model"],
+                student_scratch=scratch.outputs["model"],
+                test=split.outputs["test"],
+                min_kd_gain=min_kd_gain,
+                min_accuracy=min_accuracy,
+                batch_size=eval_batch_size,
+                latency_runs=latency_runs,
+            ),
+            res,
+        )
+        ev.set_display_name("evaluate")
+        with dsl.If(ev.outputs["gate_passed"] == True, name="quality-gate"):  # noqa: E712
+            export = _light(
+                export_model(
+                    student=distilled.outputs["model"],
+                    test=split.outputs["test"],
+                    check_images=export_check_images,
+                ),
+                res,
+            )
+            export.set_display_name("export blessed student")
+
+    return kd_pipeline
+
+
+def compile_pipeline(
+    output: str | os.PathLike[str] = "pipeline.yaml",
+    *,
+    res: Resources | None = None,
+    image: str = IMAGE,
+    enable_caching: bool = True,
+) -> Path:
+    """Compile the pipeline to ``output`` (YAML); ``image`` replaces the default image name."""
+    out = Path(output)
+    fn = make_pipeline(res)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_yaml = Path(tmp) / "pipeline.yaml"
+        compiler.Compiler().compile(fn, str(tmp_yaml))
+        text = tmp_yaml.read_text()
+        if image != IMAGE:
+            text = text.replace(f"image: {IMAGE}\n", f"image: {image}\n")
+        if not enable_caching:
+            text = text.replace("enableCache: true", "enableCache: false")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_name(out.name + ".tmp")
+        tmp_out.write_text(text)
+        os.replace(tmp_out, out)
+    return out
+
+
+def _add_compile_options(p: argparse.ArgumentParser, *, for_submit: bool = False) -> None:
+    # `submit` has its own --target and --no-cache (submit.add_submit_arguments).
+    if not for_submit:
+        p.add_argument(
+            "--target",
+            choices=TARGETS,
+            default="vertex",
+            help="where the pipeline runs; sets how GPUs are requested (default: vertex)",
+        )
+    p.add_argument(
+        "--accelerator",
+        default=None,
+        help="GPU type of the training steps. Vertex: "
+        + ", ".join(VERTEX_ACCELERATORS)
+        + " or a Vertex name (NVIDIA_L4); KFP: ignored, GPUs are requested as "
+        "nvidia.com/gpu (default: T4 on Vertex when --gpus > 0)",
+    )
+    p.add_argument(
+        "--gpus", type=int, default=0, help="GPUs per training step (default: 0, CPU only)"
+    )
+    p.add_argument("--train-cpu", default="8", help="CPU cores per training step (default: 8)")
+    p.add_argument("--train-memory", default="32G", help="memory per training step (default: 32G)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="retries of a failed training step; retries resume from the last "
+        "checkpointed epoch (default: 2)",
+    )
+    p.add_argument(
+        "--image",
+        default=IMAGE,
+        help=f"container image of every step (default: {IMAGE}, the local build; "
+        "push it to a registry for a cluster)",
+    )
+    if not for_submit:
+        p.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="disable step caching in the compiled pipeline (default: caching on)",
+        )
+
+
+def _resources(args: argparse.Namespace) -> Resources:
+    if args.gpus < 0:
+        raise SystemExit("error: --gpus must be >= 0")
+    return Resources(
+        target=args.target,
+        accelerator=args.accelerator,
+        gpus=args.gpus,
+        train_cpu=args.train_cpu,
+        train_memory=args.train_memory,
+        retries=args.retries,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module docstring)."""
+    ap = argparse.ArgumentParser(
+        prog="pipeline.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="compile the pipeline to YAML")
+    c.add_argument(
+        "--output", default="pipeline.yaml", help="where the YAML goes (default: pipeline.yaml)"
+    )
+    _add_compile_options(c)
+    s = sub.add_parser("submit", help="compile, then submit to a KFP endpoint or Vertex AI")
+    import submit
+
+    submit.add_submit_arguments(s)
+    _add_compile_options(s, for_submit=True)
+    args = ap.parse_args(argv)
+    res = _resources(args)
+    if args.command == "compile":
+        path = compile_pipeline(
+            args.output, res=res, image=args.image, enable_caching=not args.no_cache
+        )
+        print(f"compiled {PIPELINE_NAME} to {path}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = compile_pipeline(
+            Path(tmp) / "pipeline.yaml", res=res, image=args.image, enable_caching=not args.no_cache
+        )
+        try:
+            submit.submit_from_args(args, str(path))
+        except submit.SubmitError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
