@@ -97,6 +97,7 @@ class Resources:
     light_cpu: str = "2"
     light_memory: str = "8G"
     retries: int = 2
+    backoff: str = "30s"
 
     def accelerator_type(self) -> str | None:
         """The accelerator type string the target understands (None when no GPU)."""
@@ -121,7 +122,7 @@ def _heavy(task: Any, res: Resources) -> Any:
     kind = res.accelerator_type()
     if kind:
         task.set_accelerator_type(kind).set_accelerator_limit(res.gpus)
-    task.set_retry(num_retries=res.retries, backoff_duration="30s", backoff_factor=2.0)
+    task.set_retry(num_retries=res.retries, backoff_duration=res.backoff, backoff_factor=2.0)
     return task
 
 
