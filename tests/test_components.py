@@ -1,0 +1,141 @@
+"""Each component through ``.python_func`` on temporary artifacts (no KFP runtime, no Docker)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kfp import dsl
+
+from components.data_split import data_split
+from components.distill_student import distill_student
+from components.evaluate import evaluate
+from components.export_model import export_model
+from components.train_student_scratch import train_student_scratch
+from components.train_teacher import train_teacher
+from kd.config import StudentConfig, TeacherConfig
+from kd.errors import ArtifactError
+
+TRAIN = dict(preset="seed", epochs=1, batch_size=50, optimizer="sgd", learning_rate=0.02,
+             momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=0, clipnorm=2.0,
+             label_smoothing=0.0, augment=True, mixed_precision=False,
+             early_stopping_patience=0, divergence_check_epoch=0, seed=1)
+
+
+def _art(cls, root: Path, name: str, metadata: dict | None = None):
+    a = cls(name=name, uri=str(root / name), metadata=dict(metadata or {}))
+    return a
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """data_split -> teacher, scratch -> distill -> evaluate -> export, on a tiny sample."""
+    root = tmp_path_factory.mktemp("artifacts")
+    tr, va, te = (_art(dsl.Dataset, root, n) for n in ("train", "validation", "test"))
+    data_split.python_func(source="sample", val_fraction=0.2, split_seed=0, train_per_class=30,
+                           test_per_class=10, train=tr, validation=va, test=te)
+    models = {}
+    for name, comp, extra in (("teacher", train_teacher, {}),
+                              ("scratch", train_student_scratch, {}),
+                              ("distilled", distill_student, {"temperature": 4.0, "alpha": 0.2})):
+        model, metrics = _art(dsl.Model, root, f"{name}_model"), _art(dsl.Metrics, root, f"{name}_m")
+        if name == "distilled":
+            extra = {**extra, "teacher": models["teacher"]}
+        comp.python_func(train=tr, validation=va, **TRAIN, **extra, model=model, metrics=metrics)
+        models[name] = model
+        models[f"{name}_metrics"] = metrics
+    outs = {n: _art(cls, root, n) for n, cls in (
+        ("metrics", dsl.Metrics), ("teacher_confusion", dsl.ClassificationMetrics),
+        ("distilled_confusion", dsl.ClassificationMetrics),
+        ("scratch_confusion", dsl.ClassificationMetrics), ("report", dsl.HTML),
+        ("summary", dsl.Markdown), ("report_files", dsl.Artifact))}
+    gate = evaluate.python_func(teacher=models["teacher"], student_distilled=models["distilled"],
+                                student_scratch=models["scratch"], test=te, min_kd_gain=-100.0,
+                                min_accuracy=0.0, batch_size=64, latency_runs=2, **outs)
+    blessed = _art(dsl.Model, root, "blessed")
+    export_model.python_func(student=models["distilled"], test=te, check_images=16,
+                             blessed=blessed)
+    return {"root": root, "data": (tr, va, te), "models": models, "eval": outs, "gate": gate,
+            "blessed": blessed}
+
+
+def test_data_split_writes_datasets_with_metadata(chain):
+    tr, va, te = chain["data"]
+    assert tr.metadata["num_examples"] == 240 and va.metadata["num_examples"] == 60
+    assert te.metadata["class_counts"] == [10] * 10
+    assert tr.metadata["source"] == "sample" and len(tr.metadata["sha256"]) == 64
+    assert Path(tr.path).is_file()
+
+
+def test_training_components_write_models_and_metrics(chain):
+    m = chain["models"]
+    assert m["teacher"].metadata["parameters"] == 3_249_994
+    assert m["distilled"].metadata["parameters"] == m["scratch"].metadata["parameters"] == 545_098
+    for name in ("teacher", "scratch", "distilled"):
+        folder = Path(m[name].path)
+        assert (folder / "model.keras").exists() and (folder / "history.json").exists()
+        assert not (folder / "checkpoint").exists()
+        assert "best_val_accuracy" in m[f"{name}_metrics"].metadata
+    info = json.loads((Path(m["distilled"].path) / "info.json").read_text())
+    assert info["config"]["temperature"] == 4.0 and info["config"]["alpha"] == 0.2
+    hist = json.loads((Path(m["distilled"].path) / "history.json").read_text())
+    assert "val_accuracy" in hist and "distillation_loss" in hist
+
+
+def test_evaluate_outputs_report_metrics_and_gate(chain):
+    ev, gate = chain["eval"], chain["gate"]
+    assert gate.gate_passed is True and "gate passed" in gate.gate_reason
+    assert set(ev["metrics"].metadata) >= {"teacher_accuracy", "student_distilled_accuracy",
+                                           "student_scratch_accuracy", "kd_gain_points"}
+    cm = ev["teacher_confusion"].metadata["confusionMatrix"]
+    assert len(cm["rows"]) == 10 and sum(sum(r["row"]) for r in cm["rows"]) == 100
+    html = Path(ev["report"].path).read_text()
+    assert "<html" in html.lower() and "data:image/png;base64" in html
+    assert "student_distilled" in Path(ev["summary"].path).read_text()
+    assert (Path(ev["report_files"].path) / "metrics.csv").exists()
+
+
+def test_export_publishes_a_serving_model(chain):
+    blessed = Path(chain["blessed"].path)
+    assert (blessed / "saved_model" / "saved_model.pb").exists()
+    assert (blessed / "model.keras").exists()
+    assert chain["blessed"].metadata["blessed"] is True
+    assert chain["blessed"].metadata["same_predictions"] is True
+
+
+def test_gate_reports_which_condition_failed(chain):
+    m, (_, _, te) = chain["models"], chain["data"]
+    outs = {n: _art(cls, chain["root"] / "g2", n) for n, cls in (
+        ("metrics", dsl.Metrics), ("teacher_confusion", dsl.ClassificationMetrics),
+        ("distilled_confusion", dsl.ClassificationMetrics),
+        ("scratch_confusion", dsl.ClassificationMetrics), ("report", dsl.HTML),
+        ("summary", dsl.Markdown), ("report_files", dsl.Artifact))}
+    gate = evaluate.python_func(teacher=m["teacher"], student_distilled=m["distilled"],
+                                student_scratch=m["scratch"], test=te, min_kd_gain=100.0,
+                                min_accuracy=0.99, batch_size=64, latency_runs=1, **outs)
+    assert gate.gate_passed is False
+    assert "KD gain" in gate.gate_reason and "distilled accuracy" in gate.gate_reason
+    assert "gate failed" in Path(outs["summary"].path).read_text() or \
+        "gate failed" in Path(outs["report"].path).read_text()
+
+
+def test_mismatched_dataset_hash_is_refused_before_training(chain, tmp_path):
+    tr, va, _ = chain["data"]
+    bad = dsl.Dataset(name="train", uri=tr.uri, metadata={**tr.metadata, "sha256": "0" * 64})
+    model = _art(dsl.Model, tmp_path, "model")
+    with pytest.raises(ArtifactError, match="sha256"):
+        train_teacher.python_func(train=bad, validation=va, **TRAIN, model=model,
+                                  metrics=_art(dsl.Metrics, tmp_path, "m"))
+    assert not Path(model.path).exists()
+
+
+def test_component_parameters_match_the_configs():
+    # Every training hyper-parameter of the configs is a component parameter, and back.
+    import inspect
+
+    for comp, cfg in ((train_teacher, TeacherConfig), (train_student_scratch, StudentConfig)):
+        params = set(inspect.signature(comp.python_func).parameters)
+        assert set(cfg.__dataclass_fields__) <= params
+    assert {"temperature", "alpha"} <= set(
+        inspect.signature(distill_student.python_func).parameters)
+    assert np.isfinite(TeacherConfig().learning_rate)

@@ -1,0 +1,115 @@
+"""Compile tests: read the YAML the compiler writes, for each target."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pipeline
+from components.image import IMAGE
+
+STAGES = {"data-split", "train-teacher", "train-student-scratch", "distill-student", "evaluate"}
+TRAINING = {"train-teacher", "train-student-scratch", "distill-student"}
+
+
+def _compile(tmp_path: Path, **kwargs) -> dict:
+    out = pipeline.compile_pipeline(tmp_path / "p.yaml", **kwargs)
+    return yaml.safe_load(out.read_text())
+
+
+def _tasks(spec: dict) -> dict:
+    return spec["root"]["dag"]["tasks"]
+
+
+def _executor(spec: dict, task: str) -> dict:
+    comp = _tasks(spec)[task]["componentRef"]["name"]
+    exec_label = spec["components"][comp]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][exec_label]["container"]
+
+
+def test_five_stages_and_the_gate(tmp_path):
+    spec = _compile(tmp_path)
+    tasks = _tasks(spec)
+    assert STAGES <= set(tasks)
+    gate = [t for t in tasks.values() if "triggerPolicy" in t]
+    assert len(gate) == 1 and "gate_passed" in gate[0]["triggerPolicy"]["condition"]
+    inner = spec["components"][gate[0]["componentRef"]["name"]]["dag"]["tasks"]
+    assert "export-model" in inner
+
+
+def test_scratch_student_does_not_depend_on_the_teacher(tmp_path):
+    tasks = _tasks(_compile(tmp_path))
+    assert tasks["train-student-scratch"].get("dependentTasks") == ["data-split"]
+    assert "train-teacher" in tasks["distill-student"]["dependentTasks"]
+    assert set(tasks["evaluate"]["dependentTasks"]) >= TRAINING
+
+
+def test_artifact_types(tmp_path):
+    spec = _compile(tmp_path)
+    comps = spec["components"]
+
+    def outputs(name):
+        return {k: v["artifactType"]["schemaTitle"]
+                for k, v in comps[name]["outputDefinitions"]["artifacts"].items()}
+
+    assert set(outputs("comp-data-split").values()) == {"system.Dataset"}
+    assert outputs("comp-train-teacher") == {"model": "system.Model", "metrics": "system.Metrics"}
+    ev = outputs("comp-evaluate")
+    assert ev["report"] == "system.HTML" and ev["summary"] == "system.Markdown"
+    assert ev["metrics"] == "system.Metrics"
+    assert ev["teacher_confusion"] == "system.ClassificationMetrics"
+    assert "SlicedClassificationMetrics" not in str(spec)
+    assert outputs("comp-export-model") == {"blessed": "system.Model"}
+
+
+def test_vertex_accelerator_retry_cache_and_image(tmp_path):
+    res = pipeline.Resources(target="vertex", accelerator="L4", gpus=2)
+    spec = _compile(tmp_path, res=res)
+    for task in TRAINING:
+        resources = _executor(spec, task)["resources"]
+        assert resources["accelerator"]["resourceType"] == "NVIDIA_L4"
+        assert resources["accelerator"]["resourceCount"] == "2"
+        assert resources["resourceCpuLimit"] == "8" and resources["resourceMemoryLimit"] == "32G"
+        assert _tasks(spec)[task]["retryPolicy"]["maxRetryCount"] == 2
+    assert "accelerator" not in _executor(spec, "data-split").get("resources", {})
+    assert all(t["cachingOptions"].get("enableCache") for t in _tasks(spec).values()
+               if "cachingOptions" in t)
+    assert _executor(spec, "evaluate")["image"] == IMAGE
+
+
+def test_kfp_accelerator_is_a_kubernetes_gpu_resource(tmp_path):
+    spec = _compile(tmp_path, res=pipeline.Resources(target="kfp", gpus=1))
+    acc = _executor(spec, "train-teacher")["resources"]["accelerator"]
+    assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
+
+
+def test_image_override_and_no_cache(tmp_path):
+    spec = _compile(tmp_path, image="us-docker.pkg.dev/p/r/kd-pipeline:1", enable_caching=False)
+    assert _executor(spec, "train-teacher")["image"] == "us-docker.pkg.dev/p/r/kd-pipeline:1"
+    assert "enableCache: true" not in yaml.safe_dump(spec)
+
+
+def test_unknown_vertex_accelerator_is_refused():
+    with pytest.raises(SystemExit, match="unknown --accelerator"):
+        pipeline.Resources(target="vertex", accelerator="TPU9", gpus=1).accelerator_type()
+
+
+def test_parameter_defaults_come_from_the_configs(tmp_path):
+    from kd.config import DistillConfig, TeacherConfig
+
+    params = _compile(tmp_path)["root"]["inputDefinitions"]["parameters"]
+    assert params["temperature"]["defaultValue"] == DistillConfig().temperature
+    assert params["alpha"]["defaultValue"] == DistillConfig().alpha
+    assert params["teacher_epochs"]["defaultValue"] == TeacherConfig().epochs
+    assert params["source"]["defaultValue"] == "sample"
+
+
+def test_compile_cli_imports_no_tensorflow(tmp_path):
+    code = ("import sys, pipeline; pipeline.main(['compile', '--output', sys.argv[1]]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'heavy'")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.yaml")],
+                       capture_output=True, text=True, cwd=Path(pipeline.__file__).parent)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "p.yaml").exists()
