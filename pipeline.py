@@ -239,7 +239,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
             res,
         )
         ev.set_display_name("evaluate")
-        with dsl.If(ev.outputs["gate_passed"] == True, name="quality-gate"):  # noqa: E712
+        with dsl.If(ev.outputs["Output"] == True, name="quality-gate"):  # noqa: E712
             export = _light(
                 export_model(
                     student=distilled.outputs["model"],

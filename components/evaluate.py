@@ -1,7 +1,5 @@
 """Component: evaluate the three models side by side and decide the quality gate."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import (
     HTML,
@@ -35,7 +33,7 @@ def evaluate(
     report: Output[HTML],
     summary: Output[Markdown],
     report_files: Output[Artifact],
-) -> NamedTuple("GateOutputs", gate_passed=bool, gate_reason=str, kd_gain=float):
+) -> bool:
     """Test accuracy, per-class metrics, calibration, size and latency of the three models.
 
     Args:
@@ -56,10 +54,9 @@ def evaluate(
         report_files: the report folder (PNGs, metrics.json, metrics.csv).
 
     Returns:
-        gate_passed, gate_reason (which condition failed) and kd_gain (points).
+        Whether the quality gate passed (the summary and the report say which condition
+        failed, if any).
     """
-    from collections import namedtuple
-
     from kd.config import EvalConfig, GateConfig
     from kd.stages import copy_file
     from kd.stages import evaluate as run
@@ -92,6 +89,5 @@ def evaluate(
     copy_file(out["paths"]["metrics_json"], metrics.path)
     copy_file(out["paths"]["report_html"], report.path)
     copy_file(out["paths"]["summary_md"], summary.path)
-    gain = comp.get("kd_gain_points")
-    outputs = namedtuple("GateOutputs", ["gate_passed", "gate_reason", "kd_gain"])
-    return outputs(out["gate_passed"], out["gate_reason"], float(gain if gain is not None else 0))
+    summary.metadata["gate"] = out["gate_reason"]
+    return bool(out["gate_passed"])

@@ -3,6 +3,8 @@
 python -m local_runner run [--runner docker|subprocess] [--data sample|keras|PATH|gs://...]
                            [--profile demo|full] [--param KEY=VALUE ...]
 python -m local_runner inspect [RUN] [--root runs | gs://BUCKET/ROOT] [--json]
+python -m local_runner predict MODEL INPUT [INPUT ...] [--root runs] [--top-k 3]
+                               [--json | --csv PATH]
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher-epochs",
         type=int,
         default=None,
-        help="teacher epochs (default: the profile's; demo 8, full 60)",
+        help="teacher epochs (default: the profile's; demo 10, full 60)",
     )
     r.add_argument(
         "--student-epochs",
@@ -151,7 +153,139 @@ def build_parser() -> argparse.ArgumentParser:
         "the local runner recorded, if any)",
     )
     i.add_argument("--json", action="store_true", help="print JSON (default: text)")
+
+    p = sub.add_parser(
+        "predict",
+        help="classify images with a trained model",
+        description="Classify images with a trained model: the top-k CIFAR-10 classes and "
+        "their softmax probabilities. Images of any size and mode are converted to RGB and "
+        "resized to 32x32 (see kd.predict); the model does its own preprocessing.",
+    )
+    p.add_argument(
+        "model",
+        help="a .keras/.tflite file, a model folder, a gs:// URI of either, or RUN:NAME / "
+        "NAME (latest run) with NAME one of teacher, student_distilled, student_scratch, "
+        "blessed",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="PNG/JPEG files, folders of them, or .npz files with x (and y) or x_test",
+    )
+    p.add_argument(
+        "--root",
+        default=DEFAULT_PIPELINE_ROOT,
+        help="pipeline root for RUN:NAME models: a local folder or gs://BUCKET/ROOT "
+        f"(default: {DEFAULT_PIPELINE_ROOT}/)",
+    )
+    p.add_argument(
+        "--top-k", type=int, default=3, help="classes listed per image, 1-10 (default: 3)"
+    )
+    p.add_argument(
+        "--fit",
+        choices=("crop", "stretch"),
+        default="crop",
+        help="non-square images: crop the centre square, or stretch (default: crop)",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list (default: a table)")
+    out.add_argument("--csv", metavar="PATH", help="write the predictions to a CSV file")
     return ap
+
+
+def _top_k_text(row: dict[str, Any]) -> str:
+    return " ".join(f"{t['class']}:{t['probability']:.3f}" for t in row["top_k"])
+
+
+def predict_table(rows: list[dict[str, Any]]) -> str:
+    """The predictions as an aligned text table (input, top-1 class, probability, top-k)."""
+    labelled = any("label" in r for r in rows)
+    header = ["INPUT", "CLASS", "PROB", "TOP-K"] + (["LABEL"] if labelled else [])
+    body = [
+        [r["input"], r["class"], f"{r['probability']:.3f}", _top_k_text(r)]
+        + ([str(r.get("label_class") or r.get("label", "-"))] if labelled else [])
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *body]
+    ]
+    if labelled:
+        known = [r for r in rows if "label" in r]
+        correct = sum(r["index"] == r["label"] for r in known)
+        lines.append(f"accuracy {correct / len(known):.4f} ({correct}/{len(known)} labelled)")
+    return "\n".join(lines)
+
+
+def predict_csv(rows: list[dict[str, Any]], path: str) -> None:
+    """Write the predictions to ``path`` atomically: input, class, probability, then class and
+    probability per rank (``top1_class``, ``top1_probability``, ...), label, model."""
+    import csv
+    import io
+
+    from kd.storage import write_text_atomic
+
+    k = max((len(r["top_k"]) for r in rows), default=0)
+    labelled = any("label" in r for r in rows)
+    header = ["input", "class", "index", "probability"]
+    for i in range(1, k + 1):
+        header += [f"top{i}_class", f"top{i}_probability"]
+    header += (["label", "label_class"] if labelled else []) + ["model"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        line = [r["input"], r["class"], r["index"], f"{r['probability']:.6f}"]
+        for t in r["top_k"]:
+            line += [t["class"], f"{t['probability']:.6f}"]
+        if labelled:
+            line += [r.get("label", ""), r.get("label_class", "")]
+        w.writerow([*line, r["model"]])
+    write_text_atomic(path, buf.getvalue())
+
+
+def _quiet_tensorflow_import() -> None:
+    """Import TensorFlow and Keras with stderr (file descriptor 2) sent to /dev/null.
+
+    TF 2.21 logs oneDNN and CPU-feature INFO lines through absl before its logging is set up,
+    which TF_CPP_MIN_LOG_LEVEL does not silence; the ``predict`` command keeps stderr for its
+    own one-line errors. An import error is still raised (after stderr is restored).
+    """
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's later C++ logs
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                import keras  # noqa: F401
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``predict``: classify the inputs; a table, JSON, or a CSV file."""
+    from kd.predict import load_inputs, predict_files
+
+    inputs = load_inputs(args.inputs, args.fit)  # bad inputs fail before TensorFlow loads
+    _quiet_tensorflow_import()
+    rows = predict_files(args.model, inputs, args.top_k, args.root)
+    if args.csv:
+        predict_csv(rows, args.csv)
+        print(f"wrote {len(rows)} predictions to {args.csv}")
+    elif args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"model: {rows[0]['model']}")
+        print(predict_table(rows))
+    return 0
 
 
 def inspect_command(args: argparse.Namespace) -> int:
@@ -176,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             from local_runner.run import run
 
             return run(args)
+        if args.command == "predict":
+            return predict_command(args)
         return inspect_command(args)
     except (RunnerError, Exception) as exc:
         from kd.errors import KDError

@@ -37,11 +37,13 @@ DEFAULT_PIPELINE_ROOT = "runs"
 PROFILES: dict[str, dict[str, Any]] = {
     "demo": {
         "source": "sample",
-        "teacher_epochs": 8,
-        "teacher_batch_size": 64,
-        "teacher_learning_rate": 0.05,
+        "teacher_epochs": 10,
+        "teacher_batch_size": 32,
+        "teacher_learning_rate": 0.02,
+        "teacher_augment": False,
+        "teacher_warmup_epochs": 1,
         "student_epochs": 15,
-        "student_batch_size": 64,
+        "student_batch_size": 32,
         "teacher_divergence_check_epoch": 0,
         "student_divergence_check_epoch": 0,
         "latency_runs": 20,
@@ -90,9 +92,25 @@ def resolve_params(profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
         raise RunnerError(
             f"unknown pipeline parameter(s) {unknown}. Fix: use one of {', '.join(sorted(known))}"
         )
-    params.update(overrides)
+    for key, value in overrides.items():
+        params[key] = _coerce(key, value, known[key])
     validate_params(params)
     return params
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Give ``value`` the type of the parameter's default (``1`` for a float is ``1.0``)."""
+    kind = type(default)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise RunnerError(
+        f"parameter {key}={value!r} must be a {kind.__name__} (default "
+        f"{default!r}). Fix: pass e.g. --param {key}={default!r}"
+    )
 
 
 def _stage_config(cls: type, prefix: str, params: dict[str, Any], **extra: Any) -> Any:
@@ -178,18 +196,34 @@ def ensure_image(image: str, build: str, client: Any) -> None:
         )
 
 
-class _Progress(logging.Filter):
-    """Turns kfp.local's task log lines into "stage k of n" lines and records task times."""
+class _Progress:
+    """Turns kfp.local's task log lines into "stage k of n" lines and records task times.
+
+    Installed as the log-record factory, so it sees every record whatever handlers kfp.local
+    sets up for nested DAGs (the quality gate's branch has its own).
+    """
 
     _start = re.compile(r"Executing task '([^']+)'")
     _end = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
     def __init__(self, total: int) -> None:
-        super().__init__()
         self.total, self.k = total, 0
         self.tasks: dict[str, dict[str, Any]] = {}
+        self._factory = logging.getLogRecordFactory()
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __enter__(self) -> _Progress:
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = self._factory(*args, **kwargs)
+            self.see(record)
+            return record
+
+        logging.setLogRecordFactory(factory)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.setLogRecordFactory(self._factory)
+
+    def see(self, record: logging.LogRecord) -> None:
         msg = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())
         now = dt.datetime.now(dt.UTC)
         if m := self._start.search(msg):
@@ -201,7 +235,6 @@ class _Progress(logging.Filter):
             t.update({"status": m.group(2), "end": now})
             if "start" in t:
                 t["duration_s"] = (now - t["start"]).total_seconds()
-        return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,9 +298,6 @@ def run(args: argparse.Namespace) -> int:
     pipeline.compile_pipeline(spec, res=res, image=image)
     before = {p.name for p in root.iterdir() if p.is_dir()}
     progress = _Progress(len(STAGES))
-    logging.getLogger().addFilter(progress)
-    for h in logging.getLogger().handlers:
-        h.addFilter(progress)
     started = dt.datetime.now(dt.UTC)
     print(
         f"[local_runner] running {pipeline.PIPELINE_NAME} with the {args.runner} runner; "
@@ -277,11 +307,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     error = None
     try:
-        fn(**params)
+        with progress:
+            fn(**params)
     except Exception as exc:  # kfp.local raises RuntimeError when a task fails
         error = f"{type(exc).__name__}: {exc}"
-    finally:
-        logging.getLogger().removeFilter(progress)
     wall = time.perf_counter() - t0
     new = sorted({p.name for p in root.iterdir() if p.is_dir()} - before)
     run_dir = root / new[-1] if new else None

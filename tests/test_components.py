@@ -16,10 +16,24 @@ from components.train_teacher import train_teacher
 from kd.config import StudentConfig, TeacherConfig
 from kd.errors import ArtifactError
 
-TRAIN = dict(preset="seed", epochs=1, batch_size=50, optimizer="sgd", learning_rate=0.02,
-             momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=0, clipnorm=2.0,
-             label_smoothing=0.0, augment=True, mixed_precision=False,
-             early_stopping_patience=0, divergence_check_epoch=0, seed=1)
+TRAIN = dict(
+    preset="seed",
+    epochs=1,
+    batch_size=50,
+    optimizer="sgd",
+    learning_rate=0.02,
+    momentum=0.9,
+    weight_decay=5e-4,
+    schedule="cosine",
+    warmup_epochs=0,
+    clipnorm=2.0,
+    label_smoothing=0.0,
+    augment=True,
+    mixed_precision=False,
+    early_stopping_patience=0,
+    divergence_check_epoch=0,
+    seed=1,
+)
 
 
 def _art(cls, root: Path, name: str, metadata: dict | None = None):
@@ -32,31 +46,64 @@ def chain(tmp_path_factory):
     """data_split -> teacher, scratch -> distill -> evaluate -> export, on a tiny sample."""
     root = tmp_path_factory.mktemp("artifacts")
     tr, va, te = (_art(dsl.Dataset, root, n) for n in ("train", "validation", "test"))
-    data_split.python_func(source="sample", val_fraction=0.2, split_seed=0, train_per_class=30,
-                           test_per_class=10, train=tr, validation=va, test=te)
+    data_split.python_func(
+        source="sample",
+        val_fraction=0.2,
+        split_seed=0,
+        train_per_class=30,
+        test_per_class=10,
+        train=tr,
+        validation=va,
+        test=te,
+    )
     models = {}
-    for name, comp, extra in (("teacher", train_teacher, {}),
-                              ("scratch", train_student_scratch, {}),
-                              ("distilled", distill_student, {"temperature": 4.0, "alpha": 0.2})):
-        model, metrics = _art(dsl.Model, root, f"{name}_model"), _art(dsl.Metrics, root, f"{name}_m")
+    for name, comp, extra in (
+        ("teacher", train_teacher, {}),
+        ("scratch", train_student_scratch, {}),
+        ("distilled", distill_student, {"temperature": 4.0, "alpha": 0.2}),
+    ):
+        model, metrics = (
+            _art(dsl.Model, root, f"{name}_model"),
+            _art(dsl.Metrics, root, f"{name}_m"),
+        )
         if name == "distilled":
             extra = {**extra, "teacher": models["teacher"]}
         comp.python_func(train=tr, validation=va, **TRAIN, **extra, model=model, metrics=metrics)
         models[name] = model
         models[f"{name}_metrics"] = metrics
-    outs = {n: _art(cls, root, n) for n, cls in (
-        ("metrics", dsl.Metrics), ("teacher_confusion", dsl.ClassificationMetrics),
-        ("distilled_confusion", dsl.ClassificationMetrics),
-        ("scratch_confusion", dsl.ClassificationMetrics), ("report", dsl.HTML),
-        ("summary", dsl.Markdown), ("report_files", dsl.Artifact))}
-    gate = evaluate.python_func(teacher=models["teacher"], student_distilled=models["distilled"],
-                                student_scratch=models["scratch"], test=te, min_kd_gain=-100.0,
-                                min_accuracy=0.0, batch_size=64, latency_runs=2, **outs)
+    outs = {
+        n: _art(cls, root, n)
+        for n, cls in (
+            ("metrics", dsl.Metrics),
+            ("teacher_confusion", dsl.ClassificationMetrics),
+            ("distilled_confusion", dsl.ClassificationMetrics),
+            ("scratch_confusion", dsl.ClassificationMetrics),
+            ("report", dsl.HTML),
+            ("summary", dsl.Markdown),
+            ("report_files", dsl.Artifact),
+        )
+    }
+    gate = evaluate.python_func(
+        teacher=models["teacher"],
+        student_distilled=models["distilled"],
+        student_scratch=models["scratch"],
+        test=te,
+        min_kd_gain=-100.0,
+        min_accuracy=0.0,
+        batch_size=64,
+        latency_runs=2,
+        **outs,
+    )
     blessed = _art(dsl.Model, root, "blessed")
-    export_model.python_func(student=models["distilled"], test=te, check_images=16,
-                             blessed=blessed)
-    return {"root": root, "data": (tr, va, te), "models": models, "eval": outs, "gate": gate,
-            "blessed": blessed}
+    export_model.python_func(student=models["distilled"], test=te, check_images=16, blessed=blessed)
+    return {
+        "root": root,
+        "data": (tr, va, te),
+        "models": models,
+        "eval": outs,
+        "gate": gate,
+        "blessed": blessed,
+    }
 
 
 def test_data_split_writes_datasets_with_metadata(chain):
@@ -84,9 +131,13 @@ def test_training_components_write_models_and_metrics(chain):
 
 def test_evaluate_outputs_report_metrics_and_gate(chain):
     ev, gate = chain["eval"], chain["gate"]
-    assert gate.gate_passed is True and "gate passed" in gate.gate_reason
-    assert set(ev["metrics"].metadata) >= {"teacher_accuracy", "student_distilled_accuracy",
-                                           "student_scratch_accuracy", "kd_gain_points"}
+    assert gate is True and "gate passed" in ev["summary"].metadata["gate"]
+    assert set(ev["metrics"].metadata) >= {
+        "teacher_accuracy",
+        "student_distilled_accuracy",
+        "student_scratch_accuracy",
+        "kd_gain_points",
+    }
     cm = ev["teacher_confusion"].metadata["confusionMatrix"]
     assert len(cm["rows"]) == 10 and sum(sum(r["row"]) for r in cm["rows"]) == 100
     html = Path(ev["report"].path).read_text()
@@ -105,18 +156,36 @@ def test_export_publishes_a_serving_model(chain):
 
 def test_gate_reports_which_condition_failed(chain):
     m, (_, _, te) = chain["models"], chain["data"]
-    outs = {n: _art(cls, chain["root"] / "g2", n) for n, cls in (
-        ("metrics", dsl.Metrics), ("teacher_confusion", dsl.ClassificationMetrics),
-        ("distilled_confusion", dsl.ClassificationMetrics),
-        ("scratch_confusion", dsl.ClassificationMetrics), ("report", dsl.HTML),
-        ("summary", dsl.Markdown), ("report_files", dsl.Artifact))}
-    gate = evaluate.python_func(teacher=m["teacher"], student_distilled=m["distilled"],
-                                student_scratch=m["scratch"], test=te, min_kd_gain=100.0,
-                                min_accuracy=0.99, batch_size=64, latency_runs=1, **outs)
-    assert gate.gate_passed is False
-    assert "KD gain" in gate.gate_reason and "distilled accuracy" in gate.gate_reason
-    assert "gate failed" in Path(outs["summary"].path).read_text() or \
-        "gate failed" in Path(outs["report"].path).read_text()
+    outs = {
+        n: _art(cls, chain["root"] / "g2", n)
+        for n, cls in (
+            ("metrics", dsl.Metrics),
+            ("teacher_confusion", dsl.ClassificationMetrics),
+            ("distilled_confusion", dsl.ClassificationMetrics),
+            ("scratch_confusion", dsl.ClassificationMetrics),
+            ("report", dsl.HTML),
+            ("summary", dsl.Markdown),
+            ("report_files", dsl.Artifact),
+        )
+    }
+    gate = evaluate.python_func(
+        teacher=m["teacher"],
+        student_distilled=m["distilled"],
+        student_scratch=m["scratch"],
+        test=te,
+        min_kd_gain=100.0,
+        min_accuracy=0.99,
+        batch_size=64,
+        latency_runs=1,
+        **outs,
+    )
+    assert gate is False
+    reason = outs["summary"].metadata["gate"]
+    assert "KD gain" in reason and "distilled accuracy" in reason
+    assert (
+        "gate failed" in Path(outs["summary"].path).read_text()
+        or "gate failed" in Path(outs["report"].path).read_text()
+    )
 
 
 def test_mismatched_dataset_hash_is_refused_before_training(chain, tmp_path):
@@ -124,8 +193,9 @@ def test_mismatched_dataset_hash_is_refused_before_training(chain, tmp_path):
     bad = dsl.Dataset(name="train", uri=tr.uri, metadata={**tr.metadata, "sha256": "0" * 64})
     model = _art(dsl.Model, tmp_path, "model")
     with pytest.raises(ArtifactError, match="sha256"):
-        train_teacher.python_func(train=bad, validation=va, **TRAIN, model=model,
-                                  metrics=_art(dsl.Metrics, tmp_path, "m"))
+        train_teacher.python_func(
+            train=bad, validation=va, **TRAIN, model=model, metrics=_art(dsl.Metrics, tmp_path, "m")
+        )
     assert not Path(model.path).exists()
 
 
@@ -137,5 +207,6 @@ def test_component_parameters_match_the_configs():
         params = set(inspect.signature(comp.python_func).parameters)
         assert set(cfg.__dataclass_fields__) <= params
     assert {"temperature", "alpha"} <= set(
-        inspect.signature(distill_student.python_func).parameters)
+        inspect.signature(distill_student.python_func).parameters
+    )
     assert np.isfinite(TeacherConfig().learning_rate)

@@ -34,7 +34,7 @@ def test_five_stages_and_the_gate(tmp_path):
     tasks = _tasks(spec)
     assert STAGES <= set(tasks)
     gate = [t for t in tasks.values() if "triggerPolicy" in t]
-    assert len(gate) == 1 and "gate_passed" in gate[0]["triggerPolicy"]["condition"]
+    assert len(gate) == 1 and "evaluate-Output" in gate[0]["triggerPolicy"]["condition"]
     inner = spec["components"][gate[0]["componentRef"]["name"]]["dag"]["tasks"]
     assert "export-model" in inner
 
@@ -51,8 +51,10 @@ def test_artifact_types(tmp_path):
     comps = spec["components"]
 
     def outputs(name):
-        return {k: v["artifactType"]["schemaTitle"]
-                for k, v in comps[name]["outputDefinitions"]["artifacts"].items()}
+        return {
+            k: v["artifactType"]["schemaTitle"]
+            for k, v in comps[name]["outputDefinitions"]["artifacts"].items()
+        }
 
     assert set(outputs("comp-data-split").values()) == {"system.Dataset"}
     assert outputs("comp-train-teacher") == {"model": "system.Model", "metrics": "system.Metrics"}
@@ -74,8 +76,11 @@ def test_vertex_accelerator_retry_cache_and_image(tmp_path):
         assert resources["resourceCpuLimit"] == "8" and resources["resourceMemoryLimit"] == "32G"
         assert _tasks(spec)[task]["retryPolicy"]["maxRetryCount"] == 2
     assert "accelerator" not in _executor(spec, "data-split").get("resources", {})
-    assert all(t["cachingOptions"].get("enableCache") for t in _tasks(spec).values()
-               if "cachingOptions" in t)
+    assert all(
+        t["cachingOptions"].get("enableCache")
+        for t in _tasks(spec).values()
+        if "cachingOptions" in t
+    )
     assert _executor(spec, "evaluate")["image"] == IMAGE
 
 
@@ -107,9 +112,15 @@ def test_parameter_defaults_come_from_the_configs(tmp_path):
 
 
 def test_compile_cli_imports_no_tensorflow(tmp_path):
-    code = ("import sys, pipeline; pipeline.main(['compile', '--output', sys.argv[1]]); "
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'heavy'")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.yaml")],
-                       capture_output=True, text=True, cwd=Path(pipeline.__file__).parent)
+    code = (
+        "import sys, pipeline; pipeline.main(['compile', '--output', sys.argv[1]]); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'heavy'"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "p.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=Path(pipeline.__file__).parent,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p.yaml").exists()

@@ -1,0 +1,130 @@
+"""End to end: the local runner runs the compiled components, then ``inspect`` reads the run.
+
+The Docker test builds the image offline and runs every stage in its own container with
+networking off. Where no Docker engine runs it skips loudly; with CI=true it fails instead.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--teacher-epochs",
+    "1",
+    "--student-epochs",
+    "1",
+    "--train-per-class",
+    "30",
+    "--test-per-class",
+    "10",
+    "--param",
+    "latency_runs=2",
+    "--param",
+    "export_check_images=16",
+    "--param",
+    "min_kd_gain=-100",
+]
+
+
+def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "local_runner", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _check_run(root: Path, out: str) -> dict:
+    assert "=== stage 1 of 6: data-split ===" in out
+    assert "[train_teacher] epoch 1/1" in out
+    assert "report:" in out and "student_distilled" in out
+    r = _cli("inspect", "latest", "--root", str(root), "--json")
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)
+    assert run["status"] == "SUCCEEDED"
+    status = {t["name"]: t["status"] for t in run["tasks"]}
+    for task in (
+        "data-split",
+        "train-teacher",
+        "train-student-scratch",
+        "distill-student",
+        "evaluate",
+        "export-model",
+    ):
+        assert status[task] in ("SUCCESS", "SUCCEEDED"), status
+    types = {f"{a['task']}/{a['name']}": a["type"] for a in run["artifacts"]}
+    assert types["train-teacher/model"] == "system.Model"
+    assert types["evaluate/report"] == "system.HTML"
+    assert types["export-model/blessed"] == "system.Model"
+    assert run["report"] and Path(run["report"]).exists()
+    html = Path(run["report"]).read_text()
+    assert "data:image/png;base64" in html
+    metrics = json.dumps(run["metrics"])
+    assert "kd_gain_points" in metrics and "student_distilled_accuracy" in metrics
+    return run
+
+
+@pytest.mark.slow
+def test_subprocess_runner_end_to_end(tmp_path):
+    r = _cli("run", "--runner", "subprocess", "--pipeline-root", str(tmp_path), *TINY)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _check_run(tmp_path, r.stdout)
+
+
+def _docker_ok() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.docker
+def test_docker_runner_end_to_end(tmp_path):
+    if not _docker_ok():
+        msg = "Docker engine not running: run docker/install_engine.sh (make engine)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    r = _cli(
+        "run",
+        "--runner",
+        "docker",
+        "--build",
+        "offline",
+        "--pipeline-root",
+        str(tmp_path),
+        *TINY,
+        timeout=1800,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _check_run(tmp_path, r.stdout)
+    # Written by the containers' non-root user.
+    model = next(tmp_path.glob("*/train-teacher/model/model.keras"))
+    assert model.stat().st_uid != 0
+
+
+def test_bad_parameter_fails_before_any_stage(tmp_path):
+    r = _cli(
+        "run",
+        "--runner",
+        "subprocess",
+        "--pipeline-root",
+        str(tmp_path),
+        "--param",
+        "temperature=0",
+    )
+    assert r.returncode == 2
+    assert "temperature" in r.stderr and "error:" in r.stderr
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
