@@ -1,0 +1,120 @@
+"""Accuracy benchmark: teacher, distilled and scratch student on real CIFAR-10, several seeds.
+
+Runs the pipeline's stages as library calls (kd.stages: the same functions the components
+call), on the data source given, and writes one JSON per run plus a summary JSON:
+
+    python -m bench.accuracy --data PATH_TO_CIFAR10 --preset seed --seeds 0 1 2 \
+        [--teacher-epochs 60] [--student-epochs 60] [--out bench/results/accuracy-NAME.json]
+
+The numbers in docs/RESULTS.md come from the JSON files this command writes (committed under
+bench/results/), with the command line recorded inside each file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kd.config import (
+    DistillConfig,
+    EvalConfig,
+    GateConfig,
+    SplitConfig,
+    StudentConfig,
+    TeacherConfig,
+)
+
+
+def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
+    """One seed: split, teacher, scratch, distill, evaluate; returns the comparison."""
+    from kd import stages
+
+    split = SplitConfig(source=args.data, seed=seed)
+    paths = {n: str(work / n) for n in ("train", "validation", "test")}
+    t0 = time.perf_counter()
+    meta = stages.split_data(split, paths["train"], paths["validation"], paths["test"])
+    shas = {n: meta[n]["sha256"] for n in paths}
+    train, val = (paths["train"], shas["train"]), (paths["validation"], shas["validation"])
+    common = {"preset": args.preset, "seed": seed, "batch_size": args.batch_size,
+              "mixed_precision": args.mixed_precision}
+    teacher_cfg = TeacherConfig(epochs=args.teacher_epochs, **common)
+    student_cfg = StudentConfig(epochs=args.student_epochs, **common)
+    distill_cfg = DistillConfig(epochs=args.student_epochs, temperature=args.temperature,
+                                alpha=args.alpha, **common)
+    times = {"split_s": time.perf_counter() - t0}
+    t = time.perf_counter()
+    stages.train_teacher(train, val, teacher_cfg, str(work / "teacher"))
+    times["teacher_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    stages.train_student_scratch(train, val, student_cfg, str(work / "scratch"))
+    times["scratch_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    stages.distill_student(str(work / "teacher"), train, val, distill_cfg, str(work / "distill"))
+    times["distill_s"] = time.perf_counter() - t
+    out = stages.evaluate({"teacher": str(work / "teacher"),
+                           "student_distilled": str(work / "distill"),
+                           "student_scratch": str(work / "scratch")},
+                          (paths["test"], shas["test"]), EvalConfig(latency_runs=20),
+                          GateConfig(), str(work / "report"))
+    times["total_s"] = time.perf_counter() - t0
+    histories = {n: json.loads((work / d / "history.json").read_text())
+                 for n, d in (("teacher", "teacher"), ("student_distilled", "distill"),
+                              ("student_scratch", "scratch"))}
+    return {"seed": seed, "accuracy": {n: r["accuracy"] for n, r in out["results"].items()},
+            "comparison": out["comparison"], "times": times, "histories": histories,
+            "test_images": meta["test"]["num_examples"],
+            "configs": {"teacher": teacher_cfg.__dict__, "student": student_cfg.__dict__,
+                        "distill": distill_cfg.__dict__}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="CIFAR-10 source (a path, keras, gs://...)")
+    ap.add_argument("--preset", default="seed", help="model preset (default: seed)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
+    ap.add_argument("--teacher-epochs", type=int, default=TeacherConfig().epochs)
+    ap.add_argument("--student-epochs", type=int, default=StudentConfig().epochs)
+    ap.add_argument("--batch-size", type=int, default=TeacherConfig().batch_size)
+    ap.add_argument("--temperature", type=float, default=DistillConfig().temperature)
+    ap.add_argument("--alpha", type=float, default=DistillConfig().alpha)
+    ap.add_argument("--mixed-precision", action="store_true")
+    ap.add_argument("--out", required=True, help="summary JSON path")
+    args = ap.parse_args()
+    import keras
+
+    from kd.evaluate import aggregate_runs
+
+    runs = []
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
+            r = run_once(args, seed, Path(tmp))
+        runs.append(r)
+        print(json.dumps({"seed": seed, "accuracy": r["accuracy"], "times": r["times"]}),
+              flush=True)
+    summary = {
+        "command": " ".join(["python -m bench.accuracy", *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"node": platform.node(), "cpus": os.cpu_count(),
+                    "processor": platform.processor() or platform.machine()},
+        "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
+        "aggregate": aggregate_runs([{"results": {n: {"accuracy": a}
+                                                  for n, a in r["accuracy"].items()}}
+                                     for r in runs]),
+        "runs": runs,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
