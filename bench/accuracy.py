@@ -43,12 +43,17 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     meta = stages.split_data(split, paths["train"], paths["validation"], paths["test"])
     shas = {n: meta[n]["sha256"] for n in paths}
     train, val = (paths["train"], shas["train"]), (paths["validation"], shas["validation"])
-    common = {"preset": args.preset, "seed": seed, "batch_size": args.batch_size,
-              "mixed_precision": args.mixed_precision}
+    common = {
+        "preset": args.preset,
+        "seed": seed,
+        "batch_size": args.batch_size,
+        "mixed_precision": args.mixed_precision,
+    }
     teacher_cfg = TeacherConfig(epochs=args.teacher_epochs, **common)
     student_cfg = StudentConfig(epochs=args.student_epochs, **common)
-    distill_cfg = DistillConfig(epochs=args.student_epochs, temperature=args.temperature,
-                                alpha=args.alpha, **common)
+    distill_cfg = DistillConfig(
+        epochs=args.student_epochs, temperature=args.temperature, alpha=args.alpha, **common
+    )
     times = {"split_s": time.perf_counter() - t0}
     t = time.perf_counter()
     stages.train_teacher(train, val, teacher_cfg, str(work / "teacher"))
@@ -59,25 +64,45 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     t = time.perf_counter()
     stages.distill_student(str(work / "teacher"), train, val, distill_cfg, str(work / "distill"))
     times["distill_s"] = time.perf_counter() - t
-    out = stages.evaluate({"teacher": str(work / "teacher"),
-                           "student_distilled": str(work / "distill"),
-                           "student_scratch": str(work / "scratch")},
-                          (paths["test"], shas["test"]), EvalConfig(latency_runs=20),
-                          GateConfig(), str(work / "report"))
+    out = stages.evaluate(
+        {
+            "teacher": str(work / "teacher"),
+            "student_distilled": str(work / "distill"),
+            "student_scratch": str(work / "scratch"),
+        },
+        (paths["test"], shas["test"]),
+        EvalConfig(latency_runs=20),
+        GateConfig(),
+        str(work / "report"),
+    )
     times["total_s"] = time.perf_counter() - t0
-    histories = {n: json.loads((work / d / "history.json").read_text())
-                 for n, d in (("teacher", "teacher"), ("student_distilled", "distill"),
-                              ("student_scratch", "scratch"))}
-    return {"seed": seed, "accuracy": {n: r["accuracy"] for n, r in out["results"].items()},
-            "comparison": out["comparison"], "times": times, "histories": histories,
-            "test_images": meta["test"]["num_examples"],
-            "configs": {"teacher": teacher_cfg.__dict__, "student": student_cfg.__dict__,
-                        "distill": distill_cfg.__dict__}}
+    histories = {
+        n: json.loads((work / d / "history.json").read_text())
+        for n, d in (
+            ("teacher", "teacher"),
+            ("student_distilled", "distill"),
+            ("student_scratch", "scratch"),
+        )
+    }
+    return {
+        "seed": seed,
+        "accuracy": {n: r["accuracy"] for n, r in out["results"].items()},
+        "comparison": out["comparison"],
+        "times": times,
+        "histories": histories,
+        "test_images": meta["test"]["num_examples"],
+        "configs": {
+            "teacher": teacher_cfg.__dict__,
+            "student": student_cfg.__dict__,
+            "distill": distill_cfg.__dict__,
+        },
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", required=True, help="CIFAR-10 source (a path, keras, gs://...)")
     ap.add_argument("--preset", default="seed", help="model preset (default: seed)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
@@ -98,17 +123,21 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
             r = run_once(args, seed, Path(tmp))
         runs.append(r)
-        print(json.dumps({"seed": seed, "accuracy": r["accuracy"], "times": r["times"]}),
-              flush=True)
+        print(
+            json.dumps({"seed": seed, "accuracy": r["accuracy"], "times": r["times"]}), flush=True
+        )
     summary = {
         "command": " ".join(["python -m bench.accuracy", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"node": platform.node(), "cpus": os.cpu_count(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": {
+            "node": platform.node(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+        },
         "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
-        "aggregate": aggregate_runs([{"results": {n: {"accuracy": a}
-                                                  for n, a in r["accuracy"].items()}}
-                                     for r in runs]),
+        "aggregate": aggregate_runs(
+            [{"results": {n: {"accuracy": a} for n, a in r["accuracy"].items()}} for r in runs]
+        ),
         "runs": runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ def split_gcs(uri: str) -> tuple[str, str]:
 def gcs_client() -> Any:
     """A google-cloud-storage client: Application Default Credentials, or anonymous against
     ``STORAGE_EMULATOR_HOST`` (the local emulator the tests start)."""
-    from google.cloud import storage  # heavy import, only when gs:// is used
+    from google.cloud import storage  # type: ignore[attr-defined]  # heavy; only for gs://
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
@@ -79,7 +79,10 @@ def gcs_download(uri: str, dest: Path) -> Path:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"cannot read {uri}: {exc}") from exc
+        raise DataError(
+            f"cannot read {uri}: {exc}. Fix: check the bucket and path (gsutil ls {uri}) and "
+            "that your credentials can read it"
+        ) from exc
     if not blobs:
         raise DataError(
             f"no object at {uri}: check the bucket and path (gsutil ls {uri}) and that your "

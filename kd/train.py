@@ -63,9 +63,9 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.n
     """
     n, h, w, _ = x.shape
     padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    oy = rng.integers(0, 2 * pad + 1, n)
-    ox = rng.integers(0, 2 * pad + 1, n)
-    flip = rng.random(n) < 0.5
+    oy = rng.integers(0, 2 * pad + 1, size=(n,))
+    ox = rng.integers(0, 2 * pad + 1, size=(n,))
+    flip = rng.random(size=(n,)) < 0.5
     rows = oy[:, None] + np.arange(h)
     cols = ox[:, None] + np.arange(w)
     cols = np.where(flip[:, None], cols[:, ::-1], cols)
@@ -275,7 +275,13 @@ def _prepare_checkpoint(ckpt: Path, fingerprint: str, log: Log, name: str) -> No
             return
         log(f"[{name}] discarding a checkpoint made with another config or data")
         shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True)
+    try:
+        ckpt.mkdir(parents=True)
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot create the output folder {ckpt.parent}: {exc.strerror or exc}. Fix: choose "
+            "a writable output location"
+        ) from exc
     write_text_atomic(stamp, fingerprint)
 
 
@@ -380,8 +386,12 @@ def save_outputs(
     clean = keras.models.clone_model(model)
     clean.set_weights(model.get_weights())
     with atomic_path(out / MODEL_FILE) as tmp:
-        clean.save(str(tmp.with_suffix(".keras")))
-        tmp.with_suffix(".keras").rename(tmp)
+        keras_tmp = tmp.with_suffix(".keras")  # Keras insists on the .keras suffix
+        try:
+            clean.save(str(keras_tmp))
+            keras_tmp.rename(tmp)
+        finally:
+            keras_tmp.unlink(missing_ok=True)  # a save that failed half-way leaves nothing
     write_text_atomic(out / HISTORY_FILE, json.dumps(history, indent=1))
     write_text_atomic(out / INFO_FILE, json.dumps(info, indent=1))
     return out / MODEL_FILE
