@@ -24,6 +24,7 @@ JSON string: the metadata :func:`save_dataset` returns). The content hash
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
@@ -644,11 +645,16 @@ def _load_tar(path: Path) -> CifarArrays:
                 blob = f.read()
                 parts[name] = _parse_batch(blob, f"archive {path} member {chosen[name].name}", fmt)
                 del blob
+            # gzip/bz2/xz verify their checksum only at the end of the stream: read to it, so
+            # a corrupted byte inside a member already read is refused, not loaded
+            while tf.fileobj is not None and tf.fileobj.read(1 << 20):
+                pass
     except DataError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        detail = " ".join(str(exc).split())  # tarfile's messages span lines
         raise DataError(
-            f"archive {path}: cannot be read ({type(exc).__name__}: {exc}): it is truncated, "
+            f"archive {path}: cannot be read ({type(exc).__name__}: {detail}): it is truncated, "
             f"corrupt or not a tar archive. Fix: download it again from {OFFICIAL_URL} and "
             f"check its size; accepted: {ACCEPTED_FILES}"
         ) from exc
@@ -995,12 +1001,16 @@ def make_splits(
         "train_per_class": cfg.train_per_class,
         "test_per_class": cfg.test_per_class,
     }
-    for name, (x, y, idx, path) in splits.items():
-        result[name] = save_dataset(
-            path,
-            x[idx],
-            y[idx],
-            indices=idx,
-            extra={"split": name, "source": cfg.source, "seed": cfg.seed},
-        )
+    # All or nothing: each file goes to a temporary name (every output location is checked
+    # before any is written) and the three are renamed into place only when all are written.
+    with contextlib.ExitStack() as stack:
+        tmps = {name: stack.enter_context(atomic_path(s[3])) for name, s in splits.items()}
+        for name, (x, y, idx, _) in splits.items():
+            result[name] = save_dataset(
+                tmps[name],
+                x[idx],
+                y[idx],
+                indices=idx,
+                extra={"split": name, "source": cfg.source, "seed": cfg.seed},
+            )
     return result
