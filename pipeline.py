@@ -29,6 +29,7 @@ from components.distill_student import distill_student
 from components.evaluate import evaluate
 from components.export_model import export_model
 from components.image import IMAGE
+from components.select_best_student import select_best_student
 from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
 from kd.config import (
@@ -40,8 +41,11 @@ from kd.config import (
     TeacherConfig,
     defaults,
 )
+from kd.sweep import DEFAULT_GRID
 
 PIPELINE_NAME = "kd-cifar10"
+SWEEP_NAME = "kd-cifar10-sweep"
+PIPELINES = ("main", "sweep")
 TARGETS = ("vertex", "kfp")
 # Vertex AI machine-spec accelerator names, with short aliases.
 VERTEX_ACCELERATORS = {
@@ -253,16 +257,106 @@ def make_pipeline(res: Resources | None = None) -> Any:
     return kd_pipeline
 
 
+def make_sweep_pipeline(res: Resources | None = None) -> Any:
+    """The temperature x alpha sweep: one distillation per grid point, each on its own
+    (GPU) node through ``dsl.ParallelFor``, fanned in with ``dsl.Collected`` to a step that
+    picks the best student by validation accuracy and reports the heatmap."""
+    res = res or Resources()
+
+    @dsl.pipeline(
+        name=SWEEP_NAME,
+        description="Distillation over a grid of temperatures and alphas; the best student "
+        "by validation accuracy, with a heatmap and its test accuracy.",
+    )
+    def kd_sweep(
+        grid: list = DEFAULT_GRID,
+        source: str = _S["source"],
+        val_fraction: float = _S["val_fraction"],
+        split_seed: int = _S["seed"],
+        train_per_class: int = _S["train_per_class"],
+        test_per_class: int = _S["test_per_class"],
+        teacher_preset: str = _T["preset"],
+        teacher_epochs: int = _T["epochs"],
+        teacher_batch_size: int = _T["batch_size"],
+        teacher_optimizer: str = _T["optimizer"],
+        teacher_learning_rate: float = _T["learning_rate"],
+        teacher_momentum: float = _T["momentum"],
+        teacher_weight_decay: float = _T["weight_decay"],
+        teacher_schedule: str = _T["schedule"],
+        teacher_warmup_epochs: int = _T["warmup_epochs"],
+        teacher_clipnorm: float = _T["clipnorm"],
+        teacher_label_smoothing: float = _T["label_smoothing"],
+        teacher_augment: bool = _T["augment"],
+        teacher_mixed_precision: bool = _T["mixed_precision"],
+        teacher_early_stopping_patience: int = _T["early_stopping_patience"],
+        teacher_divergence_check_epoch: int = _T["divergence_check_epoch"],
+        teacher_seed: int = _T["seed"],
+        student_preset: str = _ST["preset"],
+        student_epochs: int = _ST["epochs"],
+        student_batch_size: int = _ST["batch_size"],
+        student_optimizer: str = _ST["optimizer"],
+        student_learning_rate: float = _ST["learning_rate"],
+        student_momentum: float = _ST["momentum"],
+        student_weight_decay: float = _ST["weight_decay"],
+        student_schedule: str = _ST["schedule"],
+        student_warmup_epochs: int = _ST["warmup_epochs"],
+        student_clipnorm: float = _ST["clipnorm"],
+        student_label_smoothing: float = _ST["label_smoothing"],
+        student_augment: bool = _ST["augment"],
+        student_mixed_precision: bool = _ST["mixed_precision"],
+        student_early_stopping_patience: int = _ST["early_stopping_patience"],
+        student_divergence_check_epoch: int = _ST["divergence_check_epoch"],
+        student_seed: int = _ST["seed"],
+    ):
+        """``grid`` is a list of ``{"temperature": T, "alpha": a}``; the ``student_*``
+        settings apply to every branch."""
+        v = dict(locals())
+        split = _light(
+            data_split(
+                source=source,
+                val_fraction=val_fraction,
+                split_seed=split_seed,
+                train_per_class=train_per_class,
+                test_per_class=test_per_class,
+            ),
+            res,
+        )
+        data = {"train": split.outputs["train"], "validation": split.outputs["validation"]}
+        teacher = _heavy(train_teacher(**data, **_train_args("teacher_", v)), res)
+        with dsl.ParallelFor(grid, name="t-alpha-grid") as point:
+            branch = _heavy(
+                distill_student(
+                    teacher=teacher.outputs["model"],
+                    **data,
+                    **_train_args("student_", v),
+                    temperature=point.temperature,
+                    alpha=point.alpha,
+                ),
+                res,
+            )
+        best = _light(
+            select_best_student(
+                students=dsl.Collected(branch.outputs["model"]), test=split.outputs["test"]
+            ),
+            res,
+        )
+        best.set_display_name("select best student (validation accuracy)")
+
+    return kd_sweep
+
+
 def compile_pipeline(
     output: str | os.PathLike[str] = "pipeline.yaml",
     *,
     res: Resources | None = None,
     image: str = IMAGE,
     enable_caching: bool = True,
+    which: str = "main",
 ) -> Path:
-    """Compile the pipeline to ``output`` (YAML); ``image`` replaces the default image name."""
+    """Compile the ``main`` or ``sweep`` pipeline to ``output`` (YAML); ``image`` replaces the
+    default image name."""
     out = Path(output)
-    fn = make_pipeline(res)
+    fn = make_sweep_pipeline(res) if which == "sweep" else make_pipeline(res)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_yaml = Path(tmp) / "pipeline.yaml"
         compiler.Compiler().compile(fn, str(tmp_yaml))
@@ -279,6 +373,13 @@ def compile_pipeline(
 
 
 def _add_compile_options(p: argparse.ArgumentParser, *, for_submit: bool = False) -> None:
+    p.add_argument(
+        "--pipeline",
+        choices=PIPELINES,
+        default="main",
+        help="main: teacher, students, evaluation, gate, export; sweep: "
+        "distillation over a temperature x alpha grid in parallel (default: main)",
+    )
     # `submit` has its own --target and --no-cache (submit.add_submit_arguments).
     if not for_submit:
         p.add_argument(
@@ -356,13 +457,22 @@ def main(argv: list[str] | None = None) -> int:
     res = _resources(args)
     if args.command == "compile":
         path = compile_pipeline(
-            args.output, res=res, image=args.image, enable_caching=not args.no_cache
+            args.output,
+            res=res,
+            image=args.image,
+            enable_caching=not args.no_cache,
+            which=args.pipeline,
         )
-        print(f"compiled {PIPELINE_NAME} to {path}")
+        name = SWEEP_NAME if args.pipeline == "sweep" else PIPELINE_NAME
+        print(f"compiled {name} to {path}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(
-            Path(tmp) / "pipeline.yaml", res=res, image=args.image, enable_caching=not args.no_cache
+            Path(tmp) / "pipeline.yaml",
+            res=res,
+            image=args.image,
+            enable_caching=not args.no_cache,
+            which=args.pipeline,
         )
         try:
             submit.submit_from_args(args, str(path))

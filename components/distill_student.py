@@ -79,6 +79,7 @@ def distill_student(
         {k: info[k] for k in ("preset", "role", "framework", "best_val_accuracy")}
     )
     model.metadata["parameters"] = info["parameters"]["total"]
+    model.metadata.update({"temperature": temperature, "alpha": alpha})
     metrics.log_metric("best_val_accuracy", info["best_val_accuracy"])
     metrics.log_metric("final_val_accuracy", info["final_val_accuracy"])
     metrics.log_metric("epochs_run", info["epochs_run"])

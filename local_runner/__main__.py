@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         "data, Docker and the image before any stage starts.",
     )
     r.add_argument(
+        "--pipeline",
+        choices=("main", "sweep"),
+        default="main",
+        help="main: teacher, students, evaluation, gate, export; sweep: distillation over the "
+        "temperature x alpha grid (--param grid=JSON; demo: T in {2, 5} x alpha in "
+        "{0.1, 0.5}) (default: main)",
+    )
+    r.add_argument(
         "--runner",
         choices=("docker", "subprocess"),
         default="docker",

@@ -47,6 +47,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "teacher_divergence_check_epoch": 0,
         "student_divergence_check_epoch": 0,
         "latency_runs": 20,
+        "grid": [{"temperature": t, "alpha": a} for t in (2.0, 5.0) for a in (0.1, 0.5)],
     },
     "full": {},
 }
@@ -72,21 +73,26 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def pipeline_parameters() -> dict[str, Any]:
-    """The pipeline's parameters and their defaults (from the compiled signature)."""
-    import inspect
-
+def pipeline_function(which: str = "main", res: Any = None) -> Any:
+    """The ``main`` or ``sweep`` pipeline function of pipeline.py."""
     import pipeline
 
-    sig = inspect.signature(pipeline.make_pipeline().pipeline_func)
+    return pipeline.make_sweep_pipeline(res) if which == "sweep" else pipeline.make_pipeline(res)
+
+
+def pipeline_parameters(which: str = "main") -> dict[str, Any]:
+    """The pipeline's parameters and their defaults (from its signature)."""
+    import inspect
+
+    sig = inspect.signature(pipeline_function(which).pipeline_func)
     return {name: p.default for name, p in sig.parameters.items()}
 
 
-def resolve_params(profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def resolve_params(profile: str, overrides: dict[str, Any], which: str = "main") -> dict[str, Any]:
     """Profile values, then explicit overrides; unknown names and bad values fail here."""
-    known = pipeline_parameters()
+    known = pipeline_parameters(which)
     params = dict(known)
-    params.update(PROFILES[profile])
+    params.update({k: v for k, v in PROFILES[profile].items() if k in known})
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise RunnerError(
@@ -131,6 +137,23 @@ def validate_params(params: dict[str, Any]) -> None:
     )
     _stage_config(TeacherConfig, "teacher_", params)
     _stage_config(StudentConfig, "student_", params)
+    if "grid" in params:  # the sweep
+        grid = params["grid"]
+        if not isinstance(grid, list) or not grid:
+            raise RunnerError(
+                "parameter grid must be a non-empty JSON list of "
+                '{"temperature": T, "alpha": a}. Fix: e.g. --param '
+                'grid=\'[{"temperature": 4, "alpha": 0.1}]\''
+            )
+        for point in grid:
+            if not isinstance(point, dict) or set(point) != {"temperature", "alpha"}:
+                raise RunnerError(
+                    f"grid point {point!r} must have exactly the keys "
+                    "temperature and alpha. Fix: e.g. "
+                    '{"temperature": 4, "alpha": 0.1}'
+                )
+            _stage_config(DistillConfig, "student_", params, **point)
+        return
     _stage_config(
         DistillConfig, "student_", params, temperature=params["temperature"], alpha=params["alpha"]
     )
@@ -169,6 +192,21 @@ def check_docker() -> Any:
             "without Docker: --runner subprocess"
         ) from exc
     return client
+
+
+def check_reachable_by_container_user(root: Path) -> None:
+    """As root on the host, containers run as the image's non-root user (uid 1000), which must
+    be able to reach the pipeline root through every parent folder."""
+    if os.getuid() != 0:
+        return  # containers then run as the host user, who made the folder
+    for parent in [root, *root.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            raise RunnerError(
+                f"the pipeline root {root} is not reachable by the containers' non-root user: "
+                f"{parent} has mode {oct(mode & 0o777)}. Fix: chmod o+x {parent}, or choose a "
+                "pipeline root under a folder others can enter (the default runs/ in the repo)"
+            )
 
 
 def ensure_image(image: str, build: str, client: Any) -> None:
@@ -260,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.update(teacher_seed=value, student_seed=value, split_seed=value)
         else:
             overrides[key] = value
-    params = resolve_params(args.profile, overrides)
+    params = resolve_params(args.profile, overrides, args.pipeline)
     data_path = check_source(params["source"])
     root = Path(args.pipeline_root).expanduser().resolve()
     if root.exists() and not root.is_dir():
@@ -272,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
     image = args.image
     if args.runner == "docker":
         client = check_docker()
+        check_reachable_by_container_user(root)
         ensure_image(image, args.build, client)
         run_args: dict[str, Any] = {"network_mode": "none"}
         if os.getuid() != 0:
@@ -293,11 +332,11 @@ def run(args: argparse.Namespace) -> int:
     local.init(runner=runner, pipeline_root=str(root), enable_caching=args.cache)
 
     res = pipeline.Resources(target="kfp", retries=args.retries, backoff="2s")
-    fn = pipeline.make_pipeline(res)
+    fn = pipeline_function(args.pipeline, res)
     spec = root / ".pipeline.yaml"
-    pipeline.compile_pipeline(spec, res=res, image=image)
+    pipeline.compile_pipeline(spec, res=res, image=image, which=args.pipeline)
     before = {p.name for p in root.iterdir() if p.is_dir()}
-    progress = _Progress(len(STAGES))
+    progress = _Progress(len(STAGES) if args.pipeline == "main" else 3 + len(params["grid"]))
     started = dt.datetime.now(dt.UTC)
     print(
         f"[local_runner] running {pipeline.PIPELINE_NAME} with the {args.runner} runner; "
@@ -342,9 +381,12 @@ def print_result(root: Path, run_dir: Path | None, wall: float) -> None:
     if run_dir is None:
         return
     summary = run_dir / "evaluate" / "summary"
+    report = run_dir / "evaluate" / "report"
+    if not summary.exists():  # the sweep
+        summary = run_dir / "select-best-student" / "summary"
+        report = run_dir / "select-best-student" / "heatmap"
     if summary.exists():
         print(summary.read_text())
-    report = run_dir / "evaluate" / "report"
     print(f"run:    {run_dir.name}")
     print(f"report: {report} (HTML; open it in a browser)")
     print(f"inspect: python -m local_runner inspect {run_dir.name} --root {root}")

@@ -97,6 +97,11 @@ def test_docker_runner_end_to_end(tmp_path):
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)
+    # As root, the containers run as the image's uid 1000: let it reach the pytest folder.
+    for parent in [tmp_path, *tmp_path.parents]:
+        if parent == Path("/tmp"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o711)
     r = _cli(
         "run",
         "--runner",
@@ -128,3 +133,20 @@ def test_bad_parameter_fails_before_any_stage(tmp_path):
     assert r.returncode == 2
     assert "temperature" in r.stderr and "error:" in r.stderr
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+@pytest.mark.slow
+def test_sweep_through_the_local_runner(tmp_path):
+    grid = '[{"temperature": 2, "alpha": 0.5}, {"temperature": 6, "alpha": 0.1}]'
+    r = _cli("run", "--pipeline", "sweep", "--runner", "subprocess", "--pipeline-root",
+             str(tmp_path), "--teacher-epochs", "1", "--student-epochs", "1",
+             "--train-per-class", "30", "--test-per-class", "10", "--param", f"grid={grid}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Chosen by validation accuracy" in r.stdout
+    run = json.loads(_cli("inspect", "latest", "--root", str(tmp_path), "--json").stdout)
+    assert run["status"] == "SUCCEEDED"
+    best = next(a for a in run["artifacts"] if a["name"] == "best")
+    assert best["metadata"]["temperature"] in (2.0, 6.0)
+    assert 0.0 <= best["metadata"]["test_accuracy"] <= 1.0
+    heatmap = next(a for a in run["artifacts"] if a["name"] == "heatmap")
+    assert "data:image/png;base64" in Path(heatmap["uri"]).read_text()

@@ -124,3 +124,26 @@ def test_compile_cli_imports_no_tensorflow(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p.yaml").exists()
+
+
+def test_sweep_fans_out_over_the_grid_and_collects(tmp_path):
+    for target, kind in (("vertex", "NVIDIA_H100_80GB"), ("kfp", "nvidia.com/gpu")):
+        res = pipeline.Resources(target=target, accelerator="H100", gpus=1)
+        spec = _compile(tmp_path, res=res, which="sweep")
+        tasks = _tasks(spec)
+        loop = next(t for t in tasks.values() if "parameterIterator" in t)
+        assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--grid"
+        body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+        assert "distill-student" in body
+        # Fan-in: the selection step takes the loop's collected models.
+        students = tasks["select-best-student"]["inputs"]["artifacts"]["students"]
+        assert students["taskOutputArtifact"]["producerTask"] == loop["taskInfo"][
+            "name"
+        ] or students["taskOutputArtifact"]["producerTask"].startswith("for-loop")
+        assert _executor(spec, "train-teacher")["resources"]["accelerator"]["resourceType"] == kind
+        comp = body["distill-student"]["componentRef"]["name"]
+        label = spec["components"][comp]["executorLabel"]
+        res_spec = spec["deploymentSpec"]["executors"][label]["container"]["resources"]
+        assert res_spec["accelerator"]["resourceType"] == kind
+        grid = spec["root"]["inputDefinitions"]["parameters"]["grid"]["defaultValue"]
+        assert len(grid) == 9 and {"temperature", "alpha"} == set(grid[0])
