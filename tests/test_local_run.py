@@ -6,8 +6,10 @@ networking off. Where no Docker engine runs it skips loudly; with CI=true it fai
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -91,17 +93,18 @@ def _docker_ok() -> bool:
 
 
 @pytest.mark.docker
-def test_docker_runner_end_to_end(tmp_path):
+def test_docker_runner_end_to_end(request):
     if not _docker_ok():
         msg = "Docker engine not running: run docker/install_engine.sh (make engine)"
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)
-    # As root, the containers run as the image's uid 1000: let it reach the pytest folder.
-    for parent in [tmp_path, *tmp_path.parents]:
-        if parent == Path("/tmp"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o711)
+    # The containers run as the image's non-root user: use a pipeline root it can reach
+    # (pytest's own temporary folders are private to root).
+    (ROOT / "runs").mkdir(exist_ok=True)
+    tmp_path = Path(tempfile.mkdtemp(prefix="docker-e2e-", dir=ROOT / "runs"))
+    tmp_path.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
     r = _cli(
         "run",
         "--runner",

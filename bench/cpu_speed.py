@@ -1,0 +1,186 @@
+"""CPU speed: images/s per training stage, and the local Docker run against a direct run.
+
+    python -m bench.cpu_speed [--images 1000] [--docker] [--out bench/results/cpu_speed.json]
+
+1. Training throughput of each stage (seed preset, batch 128, the shipped sample): two epochs,
+   the second one timed (the first includes tracing), in images/s.
+2. With ``--docker``: the same small pipeline (the shipped sample, 30 images per class, one
+   epoch per stage) through ``python -m local_runner run --runner docker`` and as direct
+   library calls of the same stages in one process; their wall-time ratio; and the start time
+   of one stage container (``docker run --network none IMAGE python -c "import kd.train"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--teacher-epochs",
+    "1",
+    "--student-epochs",
+    "1",
+    "--train-per-class",
+    "30",
+    "--test-per-class",
+    "10",
+    "--param",
+    "latency_runs=5",
+    "--param",
+    "export_check_images=16",
+    "--param",
+    "min_kd_gain=-100",
+]
+
+
+def training_throughput(n: int) -> dict[str, float]:
+    from kd.config import DistillConfig, StudentConfig, TeacherConfig
+    from kd.data import load_cifar10
+    from kd.train import distill_student, load_model, train_student_scratch, train_teacher
+
+    d = load_cifar10("sample")
+    tr, va = (d.x_train[:n], d.y_train[:n]), (d.x_test[:200], d.y_test[:200])
+    common = {"epochs": 2, "batch_size": 128, "divergence_check_epoch": 0}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        h = train_teacher(tr, va, TeacherConfig(**common), f"{tmp}/t", log=lambda s: None)
+        out["train_teacher"] = n / h.history["epoch_time_s"][1]
+        h = train_student_scratch(tr, va, StudentConfig(**common), f"{tmp}/s", log=lambda s: None)
+        out["train_student_scratch"] = n / h.history["epoch_time_s"][1]
+        h = distill_student(
+            load_model(f"{tmp}/t"), tr, va, DistillConfig(**common), f"{tmp}/d", log=lambda s: None
+        )
+        out["distill_student"] = n / h.history["epoch_time_s"][1]
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def direct_run() -> float:
+    """The tiny pipeline as library calls in this process (what each container does)."""
+    from kd import stages
+    from kd.config import (
+        DistillConfig,
+        EvalConfig,
+        GateConfig,
+        SplitConfig,
+        StudentConfig,
+        TeacherConfig,
+    )
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        p = {n: f"{tmp}/{n}" for n in ("train", "val", "test")}
+        meta = stages.split_data(
+            SplitConfig(train_per_class=30, test_per_class=10), p["train"], p["val"], p["test"]
+        )
+        tr, va = (p["train"], meta["train"]["sha256"]), (p["val"], meta["validation"]["sha256"])
+        te = (p["test"], meta["test"]["sha256"])
+        kw = {"epochs": 1, "divergence_check_epoch": 0}
+        stages.train_teacher(tr, va, TeacherConfig(**kw), f"{tmp}/t")
+        stages.train_student_scratch(tr, va, StudentConfig(**kw), f"{tmp}/s")
+        stages.distill_student(f"{tmp}/t", tr, va, DistillConfig(**kw), f"{tmp}/d")
+        stages.evaluate(
+            {"teacher": f"{tmp}/t", "student_distilled": f"{tmp}/d", "student_scratch": f"{tmp}/s"},
+            te,
+            EvalConfig(latency_runs=5),
+            GateConfig(min_kd_gain=-100),
+            f"{tmp}/r",
+        )
+        stages.export_blessed(f"{tmp}/d", te, 16, f"{tmp}/e")
+    return time.perf_counter() - t0
+
+
+def docker_run() -> tuple[float, float]:
+    from components.image import IMAGE
+
+    (ROOT / "runs").mkdir(exist_ok=True)
+    root = tempfile.mkdtemp(prefix="bench-docker-", dir=ROOT / "runs")
+    os.chmod(root, 0o755)
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "local_runner",
+            "run",
+            "--build",
+            "offline",
+            "--pipeline-root",
+            root,
+            *TINY,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-2000:])
+    starts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        subprocess.run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                IMAGE,
+                "python",
+                "-c",
+                "import kd.train",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        starts.append(time.perf_counter() - t)
+    return wall, statistics.median(starts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--docker", action="store_true")
+    ap.add_argument("--out", default="bench/results/cpu_speed.json")
+    a = ap.parse_args()
+    import keras
+
+    out: dict = {
+        "command": " ".join(["python -m bench.cpu_speed", *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
+        "train_images_per_s": training_throughput(a.images),
+    }
+    if a.docker:
+        direct = direct_run()
+        docker_wall, start = docker_run()
+        out["pipeline_tiny"] = {
+            "direct_s": round(direct, 1),
+            "docker_s": round(docker_wall, 1),
+            "overhead_ratio": round(docker_wall / direct, 2),
+            "target_ratio": 1.5,
+            "container_start_import_kd_s": round(start, 2),
+        }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
