@@ -6,11 +6,24 @@
 - ``model.keras``: the Keras model file itself (load with ``safe_mode=True``).
 - ``export.json``: what was exported, sizes in bytes, and the check that the SavedModel's
   signature reproduces the Keras model's logits on the given images.
+
+Edge exports (:func:`export_tflite`), converted from the SavedModel:
+
+- ``model_float32.tflite``: float32 in, float32 logits out.
+- ``model_int8.tflite``: full-integer post-training quantization (int8 weights and
+  activations); **uint8 input** (the raw RGB pixels, scale 1, zero point 0) and **int8 output**
+  (quantized logits: ``logits = scale * (q - zero_point)``).
+- ``tflite.json``: per format the size in bytes, test accuracy, accuracy drop versus the Keras
+  model in percentage points, agreement with Keras and batch-1 latency (p50/p95 ms).
+
+:func:`tflite_logits` runs either file and returns float32 logits (it quantizes the input and
+dequantizes the output of the int8 model), which is what ``kd.predict`` uses for ``.tflite``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -98,4 +111,364 @@ def export_serving(
         info["max_abs_logit_diff"] = float(np.abs(ref - got).max())
         info["same_predictions"] = bool((ref.argmax(1) == got.argmax(1)).all())
     write_text_atomic(out / "export.json", json.dumps(info, indent=1))
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# TFLite (edge) exports
+# --------------------------------------------------------------------------------------------
+
+TFLITE_FLOAT32 = "model_float32.tflite"
+TFLITE_INT8 = "model_int8.tflite"
+TFLITE_JSON = "tflite.json"
+
+
+def _interpreter_class() -> tuple[Any, str]:
+    """The TFLite interpreter class and its name: LiteRT's (``ai_edge_litert``) when installed,
+    else TensorFlow's ``tf.lite.Interpreter`` (deprecated in favour of LiteRT, still shipped and
+    working in TF 2.21; its deprecation warning is silenced)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, f"tf.lite.Interpreter (tensorflow {tf.__version__})"
+
+
+def load_tflite(path: str | Path, num_threads: int | None = None) -> Any:
+    """A ready TFLite interpreter for the model file at ``path``.
+
+    Args:
+        path: a ``.tflite`` file.
+        num_threads: CPU threads of the interpreter (None: the runtime's default).
+
+    Raises:
+        ArtifactError: the file is missing or not a TFLite flatbuffer, or the model does not
+            take one (N, 32, 32, 3) image input and return (N, 10) outputs.
+    """
+    import warnings
+
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(
+            f"no TFLite model at {p}. Fix: pass a .tflite file written by "
+            "kd.export.export_tflite (model_float32.tflite or model_int8.tflite)"
+        )
+    cls, _ = _interpreter_class()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interp = cls(model_path=str(p), num_threads=num_threads)
+        interp.allocate_tensors()
+    except Exception as exc:
+        raise ArtifactError(
+            f"{p} is not a loadable TFLite model ({type(exc).__name__}: {exc}). Fix: pass a "
+            ".tflite file written by kd.export.export_tflite"
+        ) from exc
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    in_shape = tuple(int(d) for d in ins[0]["shape"][1:]) if len(ins) == 1 else None
+    out_shape = tuple(int(d) for d in outs[0]["shape"][1:]) if len(outs) == 1 else None
+    if in_shape != (32, 32, 3) or out_shape != (10,):
+        raise ArtifactError(
+            f"TFLite model {p} takes inputs {[tuple(d['shape']) for d in ins]} and returns "
+            f"{[tuple(d['shape']) for d in outs]}; expected one (N, 32, 32, 3) image input and "
+            "(N, 10) logits. Fix: pass a CIFAR-10 model exported by kd.export.export_tflite"
+        )
+    return interp
+
+
+def _quantize_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Images (0-255) as the interpreter's input tensor: float32 as is, or quantized with the
+    input's scale and zero point (``q = round(x / scale) + zero_point``, clipped)."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return np.asarray(x, dtype=np.float32)
+    scale, zero = detail["quantization"]
+    xf = np.asarray(x, dtype=np.float32)
+    if scale == 1.0 and zero == 0 and dtype == np.uint8 and np.asarray(x).dtype == np.uint8:
+        return np.asarray(x)  # raw pixels are the quantized input exactly
+    info = np.iinfo(dtype)
+    q = np.round(xf / (scale or 1.0)) + zero
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantize_output(q: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """The output tensor as float32 logits (``scale * (q - zero_point)`` when quantized)."""
+    scale, zero = detail["quantization"]
+    if np.dtype(detail["dtype"]) == np.float32 or not scale:
+        return np.asarray(q, dtype=np.float32)
+    return (scale * (q.astype(np.float32) - zero)).astype(np.float32)
+
+
+def tflite_logits(path: str | Path | Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits of a TFLite model on images, handling quantized inputs and outputs.
+
+    A float32 model gets the images as float32 0-255. A full-integer model (``model_int8``:
+    uint8 input, int8 output) gets the images quantized with its input's scale and zero point
+    (1 and 0 for our exports: the raw pixels) and its int8 output is dequantized with the
+    output's scale and zero point, so both return comparable float32 logits.
+
+    Args:
+        path: a ``.tflite`` file, or an interpreter from :func:`load_tflite`.
+        x: images (N, 32, 32, 3), RGB 0-255 (uint8 or float).
+        batch_size: images per interpreter call (the input is resized to it).
+
+    Returns:
+        float32 (N, 10) logits.
+
+    Raises:
+        DataError: ``x`` is not a non-empty (N, 32, 32, 3) batch.
+        ArtifactError: the file is not a usable TFLite model.
+    """
+    from kd.errors import DataError
+
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) == 0:
+        raise DataError(
+            f"images must have shape (N, 32, 32, 3) with N >= 1, got {x.shape}. Fix: decode "
+            "and resize images with kd.predict.load_images"
+        )
+    interp: Any = path if hasattr(path, "get_input_details") else load_tflite(path)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    results = []
+    current = None
+    for i in range(0, len(x), batch_size):
+        batch = _quantize_input(x[i : i + batch_size], inp)
+        if current != len(batch):
+            interp.resize_tensor_input(inp["index"], [len(batch), 32, 32, 3])
+            interp.allocate_tensors()
+            inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+            current = len(batch)
+        interp.set_tensor(inp["index"], batch)
+        interp.invoke()
+        results.append(_dequantize_output(interp.get_tensor(out["index"]), out))
+    return np.concatenate(results)
+
+
+def _tflite_latency_ms(path: Path, x: np.ndarray, runs: int, num_threads: int) -> dict[str, float]:
+    """Batch-1 latency of a TFLite model: 5 warm-up calls, then ``runs`` timed invocations
+    (``time.perf_counter``, set_tensor + invoke + get_tensor), cycling through ``x``."""
+    import time
+
+    interp = load_tflite(path, num_threads=num_threads)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    singles = [_quantize_input(x[i : i + 1], inp) for i in range(min(len(x), 16))]
+    times = []
+    for i in range(5 + runs):
+        t0 = time.perf_counter()
+        interp.set_tensor(inp["index"], singles[i % len(singles)])
+        interp.invoke()
+        interp.get_tensor(out["index"])
+        if i >= 5:
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return {
+        "latency_p50_ms": float(np.percentile(times, 50)),
+        "latency_p95_ms": float(np.percentile(times, 95)),
+    }
+
+
+def _keras_latency_ms(model: Any, x: np.ndarray, runs: int) -> float:
+    """Batch-1 p50 latency (ms) of ``model.predict_on_batch``, 3 warm-up calls."""
+    import time
+
+    singles = [np.asarray(x[i : i + 1], dtype=np.float32) for i in range(min(len(x), 16))]
+    times = []
+    for i in range(3 + runs):
+        t0 = time.perf_counter()
+        model.predict_on_batch(singles[i % len(singles)])
+        if i >= 3:
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.percentile(times, 50))
+
+
+def _check_images(x: Any, what: str) -> np.ndarray:
+    from kd.errors import DataError
+
+    arr = np.asarray(x)
+    if arr.ndim != 4 or arr.shape[1:] != (32, 32, 3) or len(arr) == 0:
+        raise DataError(
+            f"{what} must be a non-empty (N, 32, 32, 3) array of RGB 0-255 images, got shape "
+            f"{arr.shape}. Fix: pass e.g. x_train[:200] from kd.data.load_cifar10"
+        )
+    return arr
+
+
+def export_tflite(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    calibration_images: np.ndarray,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    latency_runs: int = 50,
+    num_threads: int = 1,
+) -> dict[str, Any]:
+    """Export a trained model as TFLite float32 and full-integer int8 for edge devices.
+
+    Both are converted with ``tf.lite.TFLiteConverter.from_saved_model`` from the model's
+    SavedModel (``<model_dir>/saved_model`` when ``model_dir`` is a serving export, else one
+    exported from ``model.keras`` into a temporary folder); the preprocessing layer is inside
+    the model, so both take raw pixels.
+
+    - ``model_float32.tflite``: float32 weights and activations; input float32
+      (N, 32, 32, 3) 0-255, output float32 (N, 10) logits.
+    - ``model_int8.tflite``: post-training full-integer quantization (int8 weights and
+      activations, every op ``TFLITE_BUILTINS_INT8``, so it runs on integer-only
+      accelerators), calibrated on ``calibration_images``. **Integer I/O**: input uint8
+      (N, 32, 32, 3), the raw RGB pixels (the calibration's 0-255 range gives input scale 1,
+      zero point 0; ``tflite.json`` records them and ``input_is_raw_pixels``); output int8
+      quantized logits, ``logits = scale * (q - zero_point)`` (scale and zero point in
+      ``tflite.json``). :func:`tflite_logits` and ``kd.predict`` handle both conversions.
+
+    Args:
+        model_dir: a model folder (``model.keras``), a ``.keras`` file, or a serving export
+            folder holding ``saved_model/``.
+        out_dir: where ``model_float32.tflite``, ``model_int8.tflite`` and ``tflite.json`` are
+            written (each atomically).
+        calibration_images: the representative dataset, uint8 (N, 32, 32, 3) RGB 0-255 from
+            the training split (e.g. 200 images; every image is used once).
+        test: optional (x, y) test images and labels: accuracy of the Keras model and of each
+            TFLite model, the drop in percentage points, and the agreement with Keras.
+        latency_runs: timed batch-1 invocations for the latency (p50/p95 in milliseconds).
+        num_threads: interpreter CPU threads for the latency (1: like a small edge CPU, and
+            stable across machines).
+
+    Returns:
+        The contents of ``tflite.json``: per format ``file``, ``size_bytes``, ``input``,
+        ``output``, ``latency_p50_ms``, ``latency_p95_ms`` and with ``test`` the
+        ``accuracy``, ``accuracy_drop_points`` (Keras minus TFLite, in points) and
+        ``agreement_with_keras`` (fraction of same top-1); plus ``keras`` (accuracy, batch-1
+        p50 latency, size), ``calibration_images``, ``runtime`` and ``machine``.
+
+    Raises:
+        ArtifactError: the model cannot be loaded or converted.
+        DataError: calibration or test images of the wrong shape.
+    """
+    import platform
+    import tempfile
+    import warnings
+
+    import tensorflow as tf
+
+    from kd.evaluate import predict_logits
+    from kd.train import MODEL_FILE, load_model
+
+    cal = _check_images(calibration_images, "calibration_images")
+    x_test = y_test = None
+    if test is not None:
+        x_test = _check_images(test[0], "test images")
+        y_test = np.asarray(test[1]).reshape(-1)
+        if len(y_test) != len(x_test):
+            from kd.errors import DataError
+
+            raise DataError(
+                f"test has {len(x_test)} images but {len(y_test)} labels. Fix: pass (x, y) of "
+                "the same length"
+            )
+    src = Path(model_dir)
+    keras_file = src / MODEL_FILE if src.is_dir() else src
+    model = load_model(keras_file)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def representative() -> Any:
+        for i in range(len(cal)):
+            yield [cal[i : i + 1].astype(np.float32)]
+
+    blobs: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="kd-tflite-") as tmp:
+        saved = src / SAVED_MODEL_DIR if src.is_dir() else None
+        if saved is None or not (saved / "saved_model.pb").is_file():
+            saved = Path(tmp) / SAVED_MODEL_DIR
+            model.export(str(saved), format="tf_saved_model", verbose=False)
+        for kind in ("float32", "int8"):
+            try:
+                conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+                if kind == "int8":
+                    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+                    conv.representative_dataset = representative
+                    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                    conv.inference_input_type = tf.uint8
+                    conv.inference_output_type = tf.int8
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    blobs[kind] = conv.convert()
+            except Exception as exc:
+                raise ArtifactError(
+                    f"TFLite {kind} conversion of {keras_file} failed ({type(exc).__name__}: "
+                    f"{exc}). Fix: export a model built by kd.models (every layer must have a "
+                    "TFLite builtin op, int8 ones for the int8 export)"
+                ) from exc
+
+    files = {"float32": TFLITE_FLOAT32, "int8": TFLITE_INT8}
+    for kind, name in files.items():
+        with atomic_path(out / name) as tmp_file:
+            tmp_file.write_bytes(blobs[kind])
+
+    ref_logits = None
+    keras_info: dict[str, Any] = {
+        "file": str(keras_file),
+        "size_bytes": _size(keras_file),
+        "latency_p50_ms": _keras_latency_ms(
+            model, x_test if x_test is not None else cal, latency_runs
+        ),
+    }
+    if x_test is not None:
+        ref_logits = predict_logits(model, x_test)
+        keras_info["accuracy"] = float((ref_logits.argmax(1) == y_test).mean())
+    _, runtime = _interpreter_class()
+    info: dict[str, Any] = {
+        "keras": keras_info,
+        "calibration_images": int(len(cal)),
+        "runtime": runtime,
+        "num_threads": int(num_threads),
+        "latency_runs": int(latency_runs),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+        },
+    }
+    for kind, name in files.items():
+        path = out / name
+        interp = load_tflite(path)
+        inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+        entry: dict[str, Any] = {
+            "file": name,
+            "size_bytes": _size(path),
+            "input": {
+                "dtype": np.dtype(inp["dtype"]).name,
+                "shape": "(N, 32, 32, 3)",
+                "scale": float(inp["quantization"][0]),
+                "zero_point": int(inp["quantization"][1]),
+            },
+            "output": {
+                "dtype": np.dtype(outp["dtype"]).name,
+                "shape": "(N, 10) logits",
+                "scale": float(outp["quantization"][0]),
+                "zero_point": int(outp["quantization"][1]),
+            },
+        }
+        if kind == "int8":
+            entry["input_is_raw_pixels"] = bool(
+                entry["input"]["dtype"] == "uint8"
+                and entry["input"]["scale"] == 1.0
+                and entry["input"]["zero_point"] == 0
+            )
+        entry.update(
+            _tflite_latency_ms(
+                path, x_test if x_test is not None else cal, latency_runs, num_threads
+            )
+        )
+        if x_test is not None and ref_logits is not None:
+            got = tflite_logits(interp, x_test)
+            acc = float((got.argmax(1) == y_test).mean())
+            entry["accuracy"] = acc
+            entry["accuracy_drop_points"] = (keras_info["accuracy"] - acc) * 100.0
+            entry["agreement_with_keras"] = float((got.argmax(1) == ref_logits.argmax(1)).mean())
+            entry["max_abs_logit_diff"] = float(np.abs(got - ref_logits).max())
+        info[kind] = entry
+    info["int8_vs_float32_size_ratio"] = info["float32"]["size_bytes"] / info["int8"]["size_bytes"]
+    write_text_atomic(out / TFLITE_JSON, json.dumps(info, indent=1))
     return info
