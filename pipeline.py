@@ -195,6 +195,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
         min_kd_gain: float = _G["min_kd_gain"],
         min_accuracy: float = _G["min_accuracy"],
         export_check_images: int = 256,
+        calibration_images: int = 200,
     ):
         """Teacher, distilled student and scratch student on CIFAR-10, evaluated side by side.
 
@@ -247,8 +248,10 @@ def make_pipeline(res: Resources | None = None) -> Any:
             export = _light(
                 export_model(
                     student=distilled.outputs["model"],
+                    train=split.outputs["train"],
                     test=split.outputs["test"],
                     check_images=export_check_images,
+                    calibration_images=calibration_images,
                 ),
                 res,
             )

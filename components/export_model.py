@@ -1,7 +1,7 @@
 """Component: publish the blessed serving model (runs only when the quality gate passed)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from components.image import IMAGE
 
@@ -9,22 +9,42 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def export_model(
     student: Input[Model],
+    train: Input[Dataset],
     test: Input[Dataset],
     check_images: int,
+    calibration_images: int,
     blessed: Output[Model],
+    edge: Output[Model],
+    edge_metrics: Output[Metrics],
 ):
     """Export the distilled student as a SavedModel (``serving_default``) and a .keras file.
 
     Args:
         student: the distilled student that passed the gate.
         test: the test Dataset; the SavedModel must reproduce the Keras predictions on it.
+        train: the training Dataset (the int8 calibration images come from it).
         check_images: how many test images the export check compares.
+        calibration_images: training images that calibrate the int8 quantization.
         blessed: the serving model folder (saved_model/, model.keras, export.json).
+        edge: TFLite models (model_float32.tflite, model_int8.tflite, tflite.json).
+        edge_metrics: size (bytes), test accuracy, drop vs Keras (points), latency (ms).
     """
-    from kd.stages import export_blessed
+    from kd.stages import export_blessed, export_edge
 
     info = export_blessed(
         student.path, (test.path, test.metadata.get("sha256")), check_images, blessed.path
     )
     blessed.metadata.update(student.metadata)
     blessed.metadata.update({"blessed": True, **info})
+    tfl = export_edge(
+        blessed.path,
+        (train.path, train.metadata.get("sha256")),
+        (test.path, test.metadata.get("sha256")),
+        calibration_images,
+        edge.path,
+    )
+    edge.metadata.update({"formats": "tflite float32, int8", **student.metadata})
+    for fmt in ("float32", "int8"):
+        for key, value in tfl.get(fmt, {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                edge_metrics.log_metric(f"{fmt}_{key}", value)

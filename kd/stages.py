@@ -220,3 +220,20 @@ def export_blessed(
             "backend the model was trained with"
         )
     return info
+
+
+def export_edge(
+    model_dir: str,
+    train: tuple[str, str | None],
+    test: tuple[str, str | None],
+    calibration_images: int,
+    out_dir: str,
+) -> dict[str, Any]:
+    """TFLite float32 and int8 (calibrated on the first ``calibration_images`` training
+    images) with size, test accuracy, accuracy drop and latency (see
+    :func:`kd.export.export_tflite`)."""
+    from kd.export import export_tflite
+
+    x_train, _ = _load(*train, "train")
+    x, y = _load(*test, "test")
+    return export_tflite(model_dir, out_dir, x_train[:calibration_images], (x, y))

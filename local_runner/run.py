@@ -311,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
     if args.runner == "docker":
         client = check_docker()
         check_reachable_by_container_user(root)
+        if os.getuid() == 0:  # the containers' non-root user creates the run folders here
+            root.chmod(0o1777)
         ensure_image(image, args.build, client)
         run_args: dict[str, Any] = {"network_mode": "none"}
         if os.getuid() != 0:

@@ -94,8 +94,18 @@ def chain(tmp_path_factory):
         latency_runs=2,
         **outs,
     )
-    blessed = _art(dsl.Model, root, "blessed")
-    export_model.python_func(student=models["distilled"], test=te, check_images=16, blessed=blessed)
+    blessed, edge = _art(dsl.Model, root, "blessed"), _art(dsl.Model, root, "edge")
+    edge_metrics = _art(dsl.Metrics, root, "edge_metrics")
+    export_model.python_func(
+        student=models["distilled"],
+        train=tr,
+        test=te,
+        check_images=16,
+        calibration_images=50,
+        blessed=blessed,
+        edge=edge,
+        edge_metrics=edge_metrics,
+    )
     return {
         "root": root,
         "data": (tr, va, te),
@@ -103,6 +113,8 @@ def chain(tmp_path_factory):
         "eval": outs,
         "gate": gate,
         "blessed": blessed,
+        "edge": edge,
+        "edge_metrics": edge_metrics,
     }
 
 
@@ -152,6 +164,11 @@ def test_export_publishes_a_serving_model(chain):
     assert (blessed / "model.keras").exists()
     assert chain["blessed"].metadata["blessed"] is True
     assert chain["blessed"].metadata["same_predictions"] is True
+    edge = Path(chain["edge"].path)
+    assert (edge / "model_float32.tflite").exists() and (edge / "model_int8.tflite").exists()
+    m = chain["edge_metrics"].metadata
+    assert m["int8_size_bytes"] < m["float32_size_bytes"] / 3
+    assert 0.0 <= m["float32_accuracy"] <= 1.0 and "int8_accuracy_drop_points" in m
 
 
 def test_gate_reports_which_condition_failed(chain):

@@ -141,9 +141,25 @@ def test_bad_parameter_fails_before_any_stage(tmp_path):
 @pytest.mark.slow
 def test_sweep_through_the_local_runner(tmp_path):
     grid = '[{"temperature": 2, "alpha": 0.5}, {"temperature": 6, "alpha": 0.1}]'
-    r = _cli("run", "--pipeline", "sweep", "--runner", "subprocess", "--pipeline-root",
-             str(tmp_path), "--teacher-epochs", "1", "--student-epochs", "1",
-             "--train-per-class", "30", "--test-per-class", "10", "--param", f"grid={grid}")
+    r = _cli(
+        "run",
+        "--pipeline",
+        "sweep",
+        "--runner",
+        "subprocess",
+        "--pipeline-root",
+        str(tmp_path),
+        "--teacher-epochs",
+        "1",
+        "--student-epochs",
+        "1",
+        "--train-per-class",
+        "30",
+        "--test-per-class",
+        "10",
+        "--param",
+        f"grid={grid}",
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Chosen by validation accuracy" in r.stdout
     run = json.loads(_cli("inspect", "latest", "--root", str(tmp_path), "--json").stdout)

@@ -63,7 +63,11 @@ def test_artifact_types(tmp_path):
     assert ev["metrics"] == "system.Metrics"
     assert ev["teacher_confusion"] == "system.ClassificationMetrics"
     assert "SlicedClassificationMetrics" not in str(spec)
-    assert outputs("comp-export-model") == {"blessed": "system.Model"}
+    assert outputs("comp-export-model") == {
+        "blessed": "system.Model",
+        "edge": "system.Model",
+        "edge_metrics": "system.Metrics",
+    }
 
 
 def test_vertex_accelerator_retry_cache_and_image(tmp_path):
