@@ -974,9 +974,13 @@ def test_export_refuses_test_dataset_with_wrong_sha256(
     with pytest.raises(ArtifactError) as err:
         export_model.python_func(
             student=_art("Model", tmp_path / "never-read"),
+            train=_art("Dataset", datasets["train"][0], datasets["train"][1]),
             test=_art("Dataset", path, {**meta, "sha256": "f" * 64}),
             check_images=4,
+            calibration_images=4,
             blessed=_art("Model", outputs.root / "blessed"),
+            edge=_art("Model", outputs.root / "edge"),
+            edge_metrics=_art("Metrics", outputs.root / "edge_metrics"),
         )
     assert_clear(err.value, str(path), "differs from the expected")
     outputs.assert_untouched()
