@@ -9,9 +9,12 @@ All three go through :func:`fit`, which adds what a production run needs around
   distiller's teacher and student see the same augmented batch.
 - **Optimiser and schedule** from the config: SGD with Nesterov momentum (or Adam/AdamW),
   decoupled weight decay, linear warm-up then cosine decay, optional global-norm clipping.
-- **A checkpoint every epoch and resume after a kill** (``keras.callbacks.BackupAndRestore``
-  under ``<out_dir>/checkpoint``): a rerun with the same config continues from the last
-  completed epoch; a checkpoint made with another config is discarded, never mixed in.
+- **A checkpoint every epoch and resume after a kill** (:class:`EpochCheckpoint`, under
+  ``<out_dir>/checkpoint``): a rerun with the same config continues from the last completed
+  epoch; a checkpoint made with another config is discarded, never mixed in. The epoch is in
+  the checkpoint's file name, written atomically after the history, so weights, epoch and
+  history always agree (``keras.callbacks.BackupAndRestore`` keeps the epoch in a second file,
+  and a kill between the two writes resumes epoch-N weights as epoch N-1).
 - **Divergence detection**: a non-finite loss, or validation accuracy at chance from
   ``divergence_check_epoch`` on, stops the run with :class:`kd.errors.DivergenceError`.
 - **History** as JSON (``history.json``), early stopping on validation accuracy, progress lines.
@@ -167,9 +170,18 @@ class _HistoryAndGuard(keras.callbacks.Callback):
     """Appends each epoch to ``history.json`` (kept across resumes), logs progress, and
     raises DivergenceError on a non-finite loss or chance-level validation accuracy."""
 
-    def __init__(self, path: Path, cfg: TrainConfig, name: str, steps: int, log: Log) -> None:
+    def __init__(
+        self,
+        path: Path,
+        cfg: TrainConfig,
+        name: str,
+        steps: int,
+        log: Log,
+        checkpoint: Callable[[int], None],
+    ) -> None:
         super().__init__()
         self.path, self.cfg, self.name, self.steps, self.log = path, cfg, name, steps, log
+        self.checkpoint = checkpoint
         self.history: dict[str, list[float]] = {}
         self._t0 = 0.0
         self._every = max(1, steps // 4)
@@ -227,6 +239,47 @@ class _HistoryAndGuard(keras.callbacks.Callback):
                 f"(<= {chance:.2f}) after {epoch + 1} epochs. {fix}; or set "
                 "divergence_check_epoch=0 for runs this short"
             )
+        self.checkpoint(epoch)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save the model and optimizer state after every epoch as ``epoch-NNNN.weights.h5``
+    (temporary name, then rename) and restore the newest one when training starts.
+
+    It restores in ``on_train_begin`` (so it comes first in the callback list); saving is
+    :meth:`save`, which the history callback calls once it has written the epoch, so a
+    checkpoint never gets ahead of the history.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def latest(self) -> tuple[int, Path | None]:
+        """(epochs completed, file) of the newest checkpoint, or (0, None)."""
+        found = sorted(self.folder.glob("epoch-*.weights.h5"))
+        if not found:
+            return 0, None
+        return int(found[-1].name[len("epoch-") : -len(".weights.h5")]), found[-1]
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        epoch, path = self.latest()
+        if path is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(str(path))
+        self.model._initial_epoch = epoch  # where Keras's fit loop resumes
+
+    def save(self, epoch: int) -> None:
+        """Checkpoint after ``epoch`` (0-based) completed."""
+        path = self.folder / f"epoch-{epoch + 1:04d}.weights.h5"
+        tmp = self.folder / f".epoch-{epoch + 1:04d}.tmp.weights.h5"
+        self.model.save_weights(str(tmp), overwrite=True)
+        tmp.replace(path)
+        for old in self.folder.glob("epoch-*.weights.h5"):
+            if old != path:
+                old.unlink()
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
@@ -317,19 +370,17 @@ def fit(
     out = Path(out_dir)
     ckpt = out / CHECKPOINT_DIR
     _prepare_checkpoint(ckpt, _config_fingerprint(cfg, fingerprint_extra), log, name)
-    meta = ckpt / "backup" / "training_metadata.json"
-    start = json.loads(meta.read_text())["epoch"] if meta.exists() else 0
+    saver = EpochCheckpoint(ckpt)
+    start = saver.latest()[0]
     train_seq = BatchSequence(
         *train, cfg.batch_size, seed=cfg.seed, shuffle=True, augment=cfg.augment, start_epoch=start
     )
     val_seq = BatchSequence(*val, 512, seed=cfg.seed, shuffle=False, augment=False)
-    hist = _HistoryAndGuard(ckpt / HISTORY_FILE, cfg, name, len(train_seq), log)
+    hist = _HistoryAndGuard(ckpt / HISTORY_FILE, cfg, name, len(train_seq), log, saver.save)
     callbacks: list[Any] = [
-        keras.callbacks.BackupAndRestore(
-            str(ckpt / "backup"), save_freq="epoch", delete_checkpoint=False
-        ),
+        saver,  # first: restores before the others start
         _Reseed(cfg.seed, train_seq),
-        hist,
+        hist,  # writes the history, then has the saver checkpoint the epoch
     ]
     if cfg.early_stopping_patience:
         callbacks.append(
@@ -542,7 +593,7 @@ def distill_student(
     keras.utils.set_random_seed(cfg.seed)
     steps = math.ceil(len(train[0]) / cfg.batch_size)
     kd_distill.compile_distiller(distiller, make_optimizer(cfg, steps), cfg)
-    distiller(np.zeros((1, *train[0].shape[1:]), np.float32))  # BackupAndRestore needs it built
+    distiller(np.zeros((1, *train[0].shape[1:]), np.float32))  # built, so a resume can load
     history = fit(
         distiller,
         train,

@@ -846,11 +846,14 @@ def test_full_size_split_memory(tmp_path: Path) -> None:
         tf.add(folder, arcname=folder.name)
     script = textwrap.dedent(
         f"""
-        import json, resource, sys
+        import json, sys
         from kd.config import SplitConfig
         from kd.data import make_splits
         out = make_splits(SplitConfig(source={str(archive)!r}), *sys.argv[1:4])
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork+exec, so a child of a
+        # large pytest process would report the parent's peak.
+        status = open("/proc/self/status").read()
+        peak_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
         print(json.dumps({{"peak_mb": peak_mb, "n": [out[k]["num_examples"]
               for k in ("train", "validation", "test")]}}))
         """

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,82 @@ def test_sweep_through_the_local_runner(tmp_path):
     assert 0.0 <= best["metadata"]["test_accuracy"] <= 1.0
     heatmap = next(a for a in run["artifacts"] if a["name"] == "heatmap")
     assert "data:image/png;base64" in Path(heatmap["uri"]).read_text()
+
+
+def _docker_root(request) -> Path:
+    """A pipeline root the containers' non-root user can reach (pytest's are root-only)."""
+    (ROOT / "runs").mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="docker-e2e-", dir=ROOT / "runs"))
+    root.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
+    return root
+
+
+@pytest.mark.docker
+def test_killed_container_is_retried_and_resumes(request):
+    """kill -9 the teacher's container mid-training: kfp.local retries the task (the retry
+    policy compiled into the pipeline) and the retry resumes from the last saved epoch."""
+    if not _docker_ok():
+        msg = "Docker engine not running: run docker/install_engine.sh (make engine)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    import docker
+    from components.image import IMAGE
+
+    root = _docker_root(request)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "local_runner",
+            "run",
+            "--build",
+            "offline",
+            "--pipeline-root",
+            str(root),
+            "--teacher-epochs",
+            "3",
+            "--student-epochs",
+            "1",
+            "--train-per-class",
+            "60",
+            "--test-per-class",
+            "10",
+            "--param",
+            "teacher_batch_size=40",
+            "--param",
+            "latency_runs=2",
+            "--param",
+            "export_check_images=8",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    client = docker.from_env()
+    killed = None
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None and killed is None:
+        hist = list(root.glob("*/train-teacher/model/checkpoint/history.json"))
+        if hist:
+            try:
+                epochs = len(json.loads(hist[0].read_text()).get("epoch", []))
+            except (OSError, ValueError):
+                epochs = 0
+            if epochs >= 1:
+                running = client.containers.list(filters={"ancestor": IMAGE})
+                if running:
+                    running[0].kill()  # SIGKILL
+                    killed = epochs
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=1200)
+    assert killed, "never found the teacher's container mid-training:\n" + out[-3000:]
+    assert proc.returncode == 0, out[-4000:]
+    assert "Retrying" in out and "resuming after epoch" in out, out[-4000:]
+    teacher = next(root.glob("*/train-teacher/model"))
+    assert json.loads((teacher / "history.json").read_text())["epoch"] == [1, 2, 3]
+    assert not (teacher / "checkpoint").exists()
