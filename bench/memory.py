@@ -3,8 +3,8 @@
     python -m bench.memory --data PATH_TO_CIFAR10 [--eval-images 100000] \
         [--out bench/results/memory.json]
 
-Each measurement runs in a fresh process and reports its peak resident set size
-(``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``, KiB on Linux) in MB.
+Each measurement runs in a fresh process and reports its own peak resident set size
+(``VmHWM`` of ``/proc/self/status``) in MB.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from kd.config import SplitConfig
 from kd.stages import split_data
 d = sys.argv[2]
 split_data(SplitConfig(source=sys.argv[1]), d + '/train', d + '/val', d + '/test')
+print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])
 """
 
 EVAL = """
@@ -41,13 +41,13 @@ x.flush()
 x = np.load(sys.argv[2], mmap_mode='r')
 logits = predict_logits(build_model('seed', 'student'), x, batch_size=256)
 assert logits.shape == (n, 10)
+print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])
 """
 
 
 def peak_mb(code: str, *args: str) -> tuple[float, float]:
     """Run ``code`` in a fresh Python; its peak RSS (MB) and wall time (s)."""
     t0 = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     r = subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
@@ -56,8 +56,8 @@ def peak_mb(code: str, *args: str) -> tuple[float, float]:
     )
     if r.returncode != 0:
         raise SystemExit(r.stderr[-2000:])
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(peak, before) / 1024, time.perf_counter() - t0
+    peak_kb = int(r.stdout.strip().splitlines()[-1])
+    return peak_kb / 1024, time.perf_counter() - t0
 
 
 def main() -> None:
