@@ -245,7 +245,9 @@ def test_killed_container_is_retried_and_resumes(request):
     out, _ = proc.communicate(timeout=1200)
     assert killed, "never found the teacher's container mid-training:\n" + out[-3000:]
     assert proc.returncode == 0, out[-4000:]
-    assert "Retrying" in out and "resuming after epoch" in out, out[-4000:]
+    # The killed attempt failed, and the retry picked up from the checkpoint.
+    assert "'train-teacher'" in out and "FAILURE" in out, out[-4000:]
+    assert "[train_teacher] resuming after epoch" in out, out[-4000:]
     teacher = next(root.glob("*/train-teacher/model"))
     assert json.loads((teacher / "history.json").read_text())["epoch"] == [1, 2, 3]
     assert not (teacher / "checkpoint").exists()
