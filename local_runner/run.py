@@ -383,7 +383,9 @@ def print_result(root: Path, run_dir: Path | None, wall: float) -> None:
     if run_dir is None:
         return
     summary = run_dir / "evaluate" / "summary"
-    report = run_dir / "evaluate" / "report"
+    # The HTML artifact's file has no extension (KFP's UI renders it); the same page, named
+    # report.html, is in the report_files artifact, so a browser opens it as a page.
+    report = run_dir / "evaluate" / "report_files" / "report.html"
     if not summary.exists():  # the sweep
         summary = run_dir / "select-best-student" / "summary"
         report = run_dir / "select-best-student" / "heatmap"
