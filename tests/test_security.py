@@ -6,6 +6,7 @@ restricted unpickler and tar checks in test_data.py, the non-root image without 
 test_docker_image.py, tokens kept out of submit errors in test_submit.py.)
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_compiled_pipeline_carries_no_credentials(tmp_path, monkeypatch):
     marker = "sEcReT-marker-7f3a"
     cred = tmp_path / "sa.json"
-    cred.write_text('{"private_key": "%s"}' % marker)
+    cred.write_text(json.dumps({"private_key": marker}))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(cred))
     monkeypatch.setenv("KFP_TOKEN", marker)
     for which in ("main", "sweep"):
