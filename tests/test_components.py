@@ -41,6 +41,22 @@ def _art(cls, root: Path, name: str, metadata: dict | None = None):
     return a
 
 
+EVALUATE_OUTPUTS = (
+    ("metrics", dsl.Metrics),
+    ("teacher_confusion", dsl.ClassificationMetrics),
+    ("distilled_confusion", dsl.ClassificationMetrics),
+    ("scratch_confusion", dsl.ClassificationMetrics),
+    ("report", dsl.HTML),
+    ("summary", dsl.Markdown),
+    ("report_files", dsl.Artifact),
+)
+
+
+def _evaluate_outputs(root: Path) -> dict:
+    """Fresh output artifacts of the evaluate component under ``root``."""
+    return {n: _art(cls, root, n) for n, cls in EVALUATE_OUTPUTS}
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """data_split -> teacher, scratch -> distill -> evaluate -> export, on a tiny sample."""
@@ -71,18 +87,7 @@ def chain(tmp_path_factory):
         comp.python_func(train=tr, validation=va, **TRAIN, **extra, model=model, metrics=metrics)
         models[name] = model
         models[f"{name}_metrics"] = metrics
-    outs = {
-        n: _art(cls, root, n)
-        for n, cls in (
-            ("metrics", dsl.Metrics),
-            ("teacher_confusion", dsl.ClassificationMetrics),
-            ("distilled_confusion", dsl.ClassificationMetrics),
-            ("scratch_confusion", dsl.ClassificationMetrics),
-            ("report", dsl.HTML),
-            ("summary", dsl.Markdown),
-            ("report_files", dsl.Artifact),
-        )
-    }
+    outs = _evaluate_outputs(root)
     gate = evaluate.python_func(
         teacher=models["teacher"],
         student_distilled=models["distilled"],
@@ -173,18 +178,7 @@ def test_export_publishes_a_serving_model(chain):
 
 def test_gate_reports_which_condition_failed(chain):
     m, (_, _, te) = chain["models"], chain["data"]
-    outs = {
-        n: _art(cls, chain["root"] / "g2", n)
-        for n, cls in (
-            ("metrics", dsl.Metrics),
-            ("teacher_confusion", dsl.ClassificationMetrics),
-            ("distilled_confusion", dsl.ClassificationMetrics),
-            ("scratch_confusion", dsl.ClassificationMetrics),
-            ("report", dsl.HTML),
-            ("summary", dsl.Markdown),
-            ("report_files", dsl.Artifact),
-        )
-    }
+    outs = _evaluate_outputs(chain["root"] / "g2")
     gate = evaluate.python_func(
         teacher=m["teacher"],
         student_distilled=m["distilled"],
