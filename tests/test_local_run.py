@@ -230,12 +230,11 @@ def test_killed_container_is_retried_and_resumes(request):
     killed = None
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None and killed is None:
-        hist = list(root.glob("*/train-teacher/model/checkpoint/history.json"))
-        if hist:
-            try:
-                epochs = len(json.loads(hist[0].read_text()).get("epoch", []))
-            except (OSError, ValueError):
-                epochs = 0
+        # A completed epoch's checkpoint (renamed into place, so complete once it exists);
+        # the history alone can be one epoch ahead of it.
+        ckpts = list(root.glob("*/train-teacher/model/checkpoint/epoch-*.weights.h5"))
+        if ckpts:
+            epochs = len(ckpts)
             if epochs >= 1:
                 running = client.containers.list(filters={"ancestor": IMAGE})
                 if running:
