@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from kd.config import (
     TeacherConfig,
 )
 from kd.errors import ArtifactError
-from kd.storage import atomic_path, write_text_atomic
+from kd.storage import atomic_path
 
 MODEL_NAMES = ("teacher", "student_distilled", "student_scratch")
 Log = Any
@@ -189,18 +188,6 @@ def copy_file(src: str | Path, dst: str | Path) -> None:
     """Copy ``src`` to ``dst`` atomically."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically."""
-    from kd.report import to_jsonable
-
-    write_text_atomic(path, json.dumps(to_jsonable(obj), indent=1))
-
-
-def scratch_dir() -> str:
-    """A fresh temporary folder (for stage outputs that are copied into artifacts)."""
-    return tempfile.mkdtemp(prefix="kd-")
 
 
 def export_blessed(

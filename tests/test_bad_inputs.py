@@ -26,9 +26,7 @@ import errno
 import hashlib
 import io
 import os
-import pickle
 import re
-import struct
 import subprocess
 import sys
 import tarfile
@@ -52,6 +50,7 @@ from fake_servers import (  # noqa: E402
     StaticTokenCredentials,
     closed_port,
 )
+from test_data import py2_pickle  # noqa: E402  (the Python-2 style pickle writer)
 
 import submit  # noqa: E402
 from kd import stages  # noqa: E402
@@ -194,30 +193,6 @@ def _batches(a: CifarArrays) -> list[tuple[str, np.ndarray, np.ndarray]]:
         for i in range(5)
     ]
     return [*parts, ("test_batch", a.x_test, a.y_test)]
-
-
-class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
-    """Writes bytes as Python 2 ``str`` (BINSTRING), as the official archive's pickles do."""
-
-    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
-
-    def _save_py2_str(self, obj: bytes | str) -> None:
-        raw = obj if isinstance(obj, bytes) else obj.encode("latin1")
-        if len(raw) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-    dispatch[str] = _save_py2_str
-
-
-def py2_pickle(obj: Any) -> bytes:
-    """A protocol-2 pickle as Python 2 + numpy 1 wrote it."""
-    buf = io.BytesIO()
-    _Py2Pickler(buf, protocol=2).dump(obj)
-    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
 
 
 def python_dir(folder: Path, a: CifarArrays = A, skip: str = "") -> Path:
