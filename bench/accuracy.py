@@ -4,7 +4,13 @@ Runs the pipeline's stages as library calls (kd.stages: the same functions the c
 call), on the data source given, and writes one JSON per run plus a summary JSON:
 
     python -m bench.accuracy --data PATH_TO_CIFAR10 --preset seed --seeds 0 1 2 \
-        [--teacher-epochs 60] [--student-epochs 60] [--out bench/results/accuracy-NAME.json]
+        [--teacher-epochs 60] [--student-epochs 60] [--jobs 3] [--reports DIR] \
+        --out bench/results/accuracy-NAME.json
+
+``--jobs N`` runs N seeds at once, each in its own process (on one GPU they share the device:
+their stage times then measure throughput under sharing, not a lone run's speed); each seed's
+JSON is written as soon as it finishes, next to the summary. ``--reports DIR`` keeps each
+seed's evaluation report (HTML, Markdown, plots) as ``DIR/PRESET-seed-S.tar.gz``.
 
 The numbers in docs/RESULTS.md come from the JSON files this command writes (committed under
 bench/results/), with the command line recorded inside each file.
@@ -33,11 +39,27 @@ from kd.config import (
 )
 
 
+def device_name() -> str:
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        return f"{d.platform}:{getattr(d, 'device_kind', '')}"
+    return keras.backend.backend()
+
+
 def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     """One seed: split, teacher, scratch, distill, evaluate; returns the comparison."""
     from kd import stages
 
-    split = SplitConfig(source=args.data, seed=seed)
+    split = SplitConfig(
+        source=args.data,
+        seed=seed,
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
+    )
     paths = {n: str(work / n) for n in ("train", "validation", "test")}
     t0 = time.perf_counter()
     meta = stages.split_data(split, paths["train"], paths["validation"], paths["test"])
@@ -76,6 +98,12 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         str(work / "report"),
     )
     times["total_s"] = time.perf_counter() - t0
+    if args.reports:
+        import tarfile
+
+        Path(args.reports).mkdir(parents=True, exist_ok=True)
+        with tarfile.open(Path(args.reports) / f"{args.preset}-seed-{seed}.tar.gz", "w:gz") as tar:
+            tar.add(work / "report", arcname=f"{args.preset}-seed-{seed}")
     histories = {
         n: json.loads((work / d / "history.json").read_text())
         for n, d in (
@@ -99,6 +127,49 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     }
 
 
+def _run_parallel(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
+    """Each seed in its own ``python -m bench.accuracy`` process, ``args.jobs`` at a time."""
+    import subprocess
+
+    out_dir = Path(args.out).with_suffix("")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Drop --seeds/--jobs/--out from the command line; each child gets its own.
+    base, skip = [], False
+    for a in argv:
+        if a in ("--seeds", "--jobs", "--out"):
+            skip = True
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        base.append(a)
+    env = dict(os.environ)
+    # JAX takes 75 % of the GPU's memory per process unless told otherwise.
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.jobs:.2f}")
+    pending, running, runs = list(args.seeds), [], []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed = pending.pop(0)
+            path = out_dir / f"seed-{seed}.json"
+            log = open(out_dir / f"seed-{seed}.log", "w")  # noqa: SIM115 (closed below)
+            cmd = [sys.executable, "-m", "bench.accuracy", *base, "--seeds", str(seed)]
+            proc = subprocess.Popen([*cmd, "--out", str(path)], stdout=log, stderr=log, env=env)
+            running.append((seed, proc, path, log))
+        time.sleep(2)
+        for item in list(running):
+            seed, proc, path, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if proc.returncode != 0:
+                print(f"seed {seed} failed (exit {proc.returncode}); see {log.name}", flush=True)
+                continue
+            runs.extend(json.loads(path.read_text())["runs"])
+            print(f"seed {seed} done: {runs[-1]['accuracy']}", flush=True)
+    return sorted(runs, key=lambda r: r["seed"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,6 +183,12 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=DistillConfig().temperature)
     ap.add_argument("--alpha", type=float, default=DistillConfig().alpha)
     ap.add_argument("--mixed-precision", action="store_true")
+    ap.add_argument("--train-per-class", type=int, default=0, help="subsample (0 = all)")
+    ap.add_argument("--test-per-class", type=int, default=0, help="subsample (0 = all)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, one process each")
+    ap.add_argument(
+        "--reports", default="", help="keep each seed's report as DIR/PRESET-seed-S.tar.gz"
+    )
     ap.add_argument("--out", required=True, help="summary JSON path")
     args = ap.parse_args()
     import keras
@@ -119,13 +196,19 @@ def main() -> None:
     from kd.evaluate import aggregate_runs
 
     runs = []
-    for seed in args.seeds:
-        with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
-            r = run_once(args, seed, Path(tmp))
-        runs.append(r)
-        print(
-            json.dumps({"seed": seed, "accuracy": r["accuracy"], "times": r["times"]}), flush=True
-        )
+    if args.jobs > 1 and len(args.seeds) > 1:
+        runs = _run_parallel(args, sys.argv[1:])
+    else:
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
+                r = run_once(args, seed, Path(tmp))
+            runs.append(r)
+            print(
+                json.dumps({"seed": seed, "accuracy": r["accuracy"], "times": r["times"]}),
+                flush=True,
+            )
+    if not runs:
+        raise SystemExit("no seed finished")
     summary = {
         "command": " ".join(["python -m bench.accuracy", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -135,6 +218,8 @@ def main() -> None:
             "processor": platform.processor() or platform.machine(),
         },
         "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
+        "device": device_name(),
+        "jobs": args.jobs,
         "aggregate": aggregate_runs(
             [{"results": {n: {"accuracy": a} for n, a in r["accuracy"].items()}} for r in runs]
         ),
