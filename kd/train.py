@@ -433,8 +433,10 @@ def save_outputs(
 ) -> Path:
     """Write ``model.keras``, ``history.json`` and ``info.json`` atomically into ``out_dir``."""
     out = Path(out_dir)
-    # A clean copy: architecture and weights, no optimizer state or training config.
-    clean = keras.models.clone_model(model)
+    # A clean copy: architecture and weights, no optimizer state or training config. Not
+    # keras.models.clone_model: it compiles the clone when the model was compiled, and the
+    # saved file then carries the optimizer's slots (2x the size with SGD momentum).
+    clean = keras.Model.from_config(model.get_config())
     clean.set_weights(model.get_weights())
     with atomic_path(out / MODEL_FILE) as tmp:
         keras_tmp = tmp.with_suffix(".keras")  # Keras insists on the .keras suffix

@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -90,6 +92,14 @@ def test_outputs_and_history(tmp_path):
     info = json.loads((tmp_path / "out" / "info.json").read_text())
     assert info["parameters"]["total"] == 545_098 and info["epochs_run"] == 2
     assert not (tmp_path / "out" / "checkpoint").exists()
+    # The saved model holds the weights alone: no optimizer slots (a compiled model's clone
+    # would carry them and double the file).
+    with zipfile.ZipFile(tmp_path / "out" / "model.keras") as z:
+        z.extract("model.weights.h5", tmp_path)
+    with h5py.File(tmp_path / "model.weights.h5") as f:
+        assert "optimizer" not in f
+    size = (tmp_path / "out" / "model.keras").stat().st_size
+    assert 545_098 * 4 < size < 545_098 * 4 * 1.1
     reloaded = load_model(tmp_path / "out")
     np.testing.assert_allclose(
         reloaded.predict(x[:4].astype("float32"), verbose=0),
