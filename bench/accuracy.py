@@ -146,7 +146,9 @@ def _run_parallel(args: argparse.Namespace, argv: list[str]) -> list[dict[str, A
     env = dict(os.environ)
     # JAX takes 75 % of the GPU's memory per process unless told otherwise.
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.jobs:.2f}")
-    pending, running, runs = list(args.seeds), [], []
+    pending: list[int] = list(args.seeds)
+    running: list[tuple[int, Any, Path, Any]] = []
+    runs: list[dict[str, Any]] = []
     while pending or running:
         while pending and len(running) < args.jobs:
             seed = pending.pop(0)

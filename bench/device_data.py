@@ -86,7 +86,7 @@ def pack(src: Path, out: Path, parts: int) -> None:
             arrays[f"{name}_y"] = y[lo:hi]
             arrays[f"{name}_sha_x"] = np.array(_sha(x))
             arrays[f"{name}_sha_y"] = np.array(_sha(y))
-        np.savez(out / f"part-{k}.npz", **arrays)
+        np.savez(out / f"part-{k}.npz", **arrays)  # type: ignore[arg-type]
         print(f"part-{k}.npz: {(out / f'part-{k}.npz').stat().st_size / 2**20:.1f} MiB")
 
 

@@ -86,6 +86,7 @@ def run_precision(
             ),
         )
         flops: dict[str, int] = {}
+        teacher: Any = None
         for name, fn in stages:
             t0 = time.perf_counter()
             result = fn()
