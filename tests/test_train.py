@@ -193,7 +193,7 @@ def test_resume_after_kill_matches_uninterrupted_run(stage, tmp_path):
 
 def test_training_lets_keras_dispatch_batch_hooks_asynchronously(tmp_path, monkeypatch):
     """A batch hook that Keras may not run on a helper thread makes it copy each step's logs
-    to the host, a device sync per step: on an H200 that made epochs 2.6x slower. Every
+    to the host, a device sync per step: on an H200 that made epochs up to 2.8x slower. Every
     callback ``fit`` installs must allow asynchronous dispatch (on backends that support it;
     TensorFlow does not, so the test switches it on)."""
     from keras.src.callbacks import callback_list
