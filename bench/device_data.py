@@ -107,20 +107,24 @@ def unpack(part_files: list[Path], out: Path) -> None:
                     name,
                     {
                         "x": np.zeros((n, 32, 32, 3), np.uint8),
-                        "y": np.zeros(n, np.uint8),
+                        "y": np.zeros(n, d[f"{name}_y"].dtype),
                         "seen": np.zeros(n, bool),
                         "sha_x": str(d[f"{name}_sha_x"]),
                         "sha_y": str(d[f"{name}_sha_y"]),
                     },
                 )
                 g["x"][lo:hi], g["y"][lo:hi], g["seen"][lo:hi] = x, d[f"{name}_y"], True
-    out.mkdir(parents=True, exist_ok=True)
+    # Every split is checked before anything is written; each file appears whole or not at all.
     for name, g in got.items():
         if not g["seen"].all():
             raise SystemExit(f"{name}: images {np.flatnonzero(~g['seen'])[:5]}... missing")
-        if _sha(g["x"]) != g["sha_x"] or _sha(g["y"].astype(g["y"].dtype)) != g["sha_y"]:
+        if _sha(g["x"]) != g["sha_x"] or _sha(g["y"]) != g["sha_y"]:
             raise SystemExit(f"{name}: SHA-256 of the decoded arrays does not match the original")
-        np.savez(out / f"{name}.npz", x=g["x"], y=g["y"])
+    out.mkdir(parents=True, exist_ok=True)
+    for name, g in got.items():
+        tmp = out / f".{name}.tmp.npz"
+        np.savez(tmp, x=g["x"], y=g["y"])
+        tmp.replace(out / f"{name}.npz")
         print(f"{name}: {len(g['x'])} images, SHA-256 of x and y match the original")
 
 
