@@ -4,9 +4,9 @@ All three go through :func:`fit`, which adds what a production run needs around
 ``keras.Model.fit``:
 
 - **Augmentation** (random crop from a 4-pixel zero-padded image, horizontal flip), vectorised
-  NumPy over a whole batch (one gather, no per-image loop), drawn from a generator keyed by
-  ``(seed, epoch, batch)``: the same seed gives the same batches, also after a resume. The
-  distiller's teacher and student see the same augmented batch.
+  NumPy over a whole batch (one strided window per image, no per-image loop), drawn from a
+  generator keyed by ``(seed, epoch, batch)``: the same seed gives the same batches, also
+  after a resume. The distiller's teacher and student see the same augmented batch.
 - **Optimiser and schedule** from the config: SGD with Nesterov momentum (or Adam/AdamW),
   decoupled weight decay, linear warm-up then cosine decay, optional global-norm clipping.
 - **A checkpoint every epoch and resume after a kill** (:class:`EpochCheckpoint`, under
