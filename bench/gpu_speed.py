@@ -1,7 +1,7 @@
 """Training speed per stage on an accelerator (or any backend): epoch times, images/s, TFLOP/s.
 
-    KERAS_BACKEND=jax python -m bench.gpu_speed --data DIR [--train-images 30000] \
-        [--val-images 2000] [--epochs 3] [--batch-size 256] [--preset seed] \
+    KERAS_BACKEND=jax python -m bench.gpu_speed --data DIR [--train-images 40000] \
+        [--val-images 10000] [--epochs 3] [--batch-size 256] [--preset seed] \
         [--precisions float32 bfloat16] --out FILE.json
 
 Runs the library's own training functions (``kd.train``: the code the components run, with
@@ -128,8 +128,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--data", required=True, help="CIFAR-10 source (a path, sample, keras)")
-    ap.add_argument("--train-images", type=int, default=30000)
-    ap.add_argument("--val-images", type=int, default=2000)
+    ap.add_argument("--train-images", type=int, default=40000)
+    ap.add_argument("--val-images", type=int, default=10000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--preset", default="seed")
