@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,17 +36,6 @@ from kd.config import (
     StudentConfig,
     TeacherConfig,
 )
-
-
-def device_name() -> str:
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-
-        d = jax.devices()[0]
-        return f"{d.platform}:{getattr(d, 'device_kind', '')}"
-    return keras.backend.backend()
 
 
 def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
@@ -195,7 +183,7 @@ def main() -> None:
     args = ap.parse_args()
     import keras
 
-    from kd.evaluate import aggregate_runs
+    from kd.evaluate import aggregate_runs, machine_info
 
     runs = []
     if args.jobs > 1 and len(args.seeds) > 1:
@@ -214,13 +202,8 @@ def main() -> None:
     summary = {
         "command": " ".join(["python -m bench.accuracy", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "node": platform.node(),
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": machine_info(),
         "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
-        "device": device_name(),
         "jobs": args.jobs,
         "aggregate": aggregate_runs(
             [{"results": {n: {"accuracy": a} for n, a in r["accuracy"].items()}} for r in runs]

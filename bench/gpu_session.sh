@@ -4,8 +4,10 @@
 # bench/device_data.py). Phases, each one call (files under /root stay while the machine is warm):
 #   bash bench/gpu_session.sh setup      # wheels -> /root/site, part 1 -> /root/chunks, GPU info
 #   bash bench/gpu_session.sh speed      # bench.gpu_speed: seed preset, float32 and bfloat16
-#   bash bench/gpu_session.sh accuracy W # part 2, unpack + SHA-256 check, accuracy runs sized
-#                                        # to W seconds of wall time
+#   PLAN="float32 50 30" bash bench/gpu_session.sh accuracy
+#                         # part 2, unpack + SHA-256 check, then at once on the one GPU: preset
+#                         # seed, 3 seeds, 50 epochs; preset resnet, 1 seed, 30 epochs (0: none)
+#   bash bench/gpu_session.sh pack       # /root/res -> $OUT/res.tar.gz
 # Results go to /root/res and, packed, to $OUT.
 set -euo pipefail
 export PYTHONPATH=/root/site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
@@ -30,29 +32,9 @@ speed)
   cp /root/res/gpu-speed.json "$OUT/"
   ;;
 accuracy)
-  window=${2:?give the wall-time window in seconds}
+  plan=${PLAN:?set PLAN="PRECISION SEED_EPOCHS RESNET_EPOCHS", e.g. PLAN="float32 50 30"}
   if [ -f .cifarw2/part-1.npz ]; then cp .cifarw2/part-1.npz /root/chunks/; fi
   python3 -m bench.device_data unpack --parts /root/chunks/part-*.npz --out /root/cifar10
-  plan=${PLAN:-}
-  [ -n "$plan" ] || plan=$(python3 - "$window" <<'PY'
-import json, sys
-w = float(sys.argv[1])
-s = json.load(open("/root/res/gpu-speed.json"))["precisions"]
-def proj(p, e):  # one seed-preset run alone: first epoch + (e - 1) x steady, three stages
-    return sum(s[p][k]["first_epoch_s"] + (e - 1) * s[p][k]["steady_epoch_s"]
-               for k in ("teacher", "scratch", "distill"))
-prec = "float32"
-if "bfloat16" in s and proj("bfloat16", 60) * 1.15 < proj("float32", 60):
-    prec = "bfloat16"
-# Three seed-preset runs share the GPU; assume 80 % of a lone run's time is GPU work. The
-# resnet preset costs about 3x a seed-preset run (FLOP-weighted, its students are deeper).
-train_w = w - 60  # unpack, evaluation, report and packing
-seed_e = next((e for e in (60, 50, 40, 30, 20) if 3 * 0.8 * proj(prec, e) <= 0.7 * train_w), 15)
-left = train_w - 3 * 0.8 * proj(prec, seed_e)
-res_e = next((e for e in (60, 50, 40, 30, 20) if 0.8 * 3 * proj(prec, e) <= left), 0)
-print(prec, seed_e, res_e)
-PY
-)
   read -r prec seed_e res_e <<<"$plan"
   flag=""; [ "$prec" = bfloat16 ] && flag="--mixed-precision"
   echo "plan: precision $prec, seed preset $seed_e epochs x 3 seeds, resnet $res_e epochs x 1 seed"

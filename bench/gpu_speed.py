@@ -22,16 +22,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-from bench.accuracy import device_name
 
 
 def forward_flops(model: Any) -> int:
@@ -144,6 +140,7 @@ def main() -> None:
     import numpy as np
 
     from kd.data import load_cifar10
+    from kd.evaluate import machine_info
 
     data = load_cifar10(args.data)
     x, y = data.x_train, data.y_train
@@ -160,7 +157,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "command": " ".join(["python -m bench.gpu_speed", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"node": platform.node(), "cpus": os.cpu_count(), "device": device_name()},
+        "machine": machine_info(),
         "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
         "data": {"source": args.data, "train_images": len(train[0]), "val_images": len(val[0])},
         "precisions": {},
