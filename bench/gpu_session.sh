@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/RESULTS.md, as run through the device tool on one H200
 # (JAX backend; Keras travels as wheels in .whl/; the data as two lossless parts, see
-# bench/device_data.py). Phases, each one call (files under /root stay while the machine is warm):
+# bench/device_data.py). Phases, one or two per call (files under /root stay while the machine
+# is warm):
 #   bash bench/gpu_session.sh setup      # wheels -> /root/site, part 1 -> /root/chunks, GPU info
-#   bash bench/gpu_session.sh speed      # bench.gpu_speed: seed preset, float32 and bfloat16
-#   PLAN="float32 50 30" bash bench/gpu_session.sh accuracy
-#                         # part 2, unpack + SHA-256 check, then at once on the one GPU: preset
-#                         # seed, 3 seeds, 50 epochs; preset resnet, 1 seed, 30 epochs (0: none)
+#   bash bench/gpu_session.sh speed      # bench.gpu_speed: seed preset in float32 and bfloat16,
+#                                        # resnet preset in bfloat16 (3 epochs a stage)
+#   bash bench/gpu_session.sh data       # part 2, unpack + SHA-256 check -> /root/cifar10
+#   bash bench/gpu_session.sh wall       # the three trainings of the seed preset, 60 epochs,
+#                                        # bfloat16, alone on the GPU, teacher and scratch at
+#                                        # once, no compilation cache: wall time and accuracy
+#   DEADLINE=EPOCH_S bash bench/gpu_session.sh accuracy
+#                         # 3 seeds of each preset at once on the one GPU: seed preset at
+#                         # SEED_EPOCHS (60), resnet at the most epochs that fit before
+#                         # DEADLINE (bench/plan_epochs.py, from the speeds measured above)
 #   bash bench/gpu_session.sh pack       # /root/res -> $OUT/res.tar.gz
 # Results go to /root/res and, packed, to $OUT.
 set -euo pipefail
 export PYTHONPATH=/root/site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-export JAX_COMPILATION_CACHE_DIR=/root/jax-cache
 OUT=${OUT:-/tmp/out}
 mkdir -p /root/res "$OUT"
+quiet() { grep -v "step [0-9]*/" || true; }
 case "$1" in
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -24,34 +31,53 @@ setup)
   python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"
   ;;
 speed)
-  # 40,000 + 10,000 images: the real split's sizes, so the accuracy runs reuse the compiled
-  # steps from the cache; the shipped sample repeated (speed does not depend on the pixels).
+  # 40,000 + 10,000 images: the real split's sizes; the shipped sample repeated (speed does
+  # not depend on the pixels). Each run compiles afresh (no persistent compilation cache).
   python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
-    --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 --out /root/res/gpu-speed.json 2>&1 | tee /root/res/gpu-speed.log \
-    | grep -v "step [0-9]*/"
-  cp /root/res/gpu-speed.json "$OUT/"
+    --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 \
+    --out /root/res/gpu-speed.json 2>&1 | tee /root/res/gpu-speed.log | quiet
+  python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
+    --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 --preset resnet \
+    --precisions bfloat16 --out /root/res/gpu-speed-resnet.json 2>&1 \
+    | tee /root/res/gpu-speed-resnet.log | quiet
+  cp /root/res/gpu-speed*.json "$OUT/"
   ;;
-accuracy)
-  plan=${PLAN:?set PLAN="PRECISION SEED_EPOCHS RESNET_EPOCHS", e.g. PLAN="float32 50 30"}
+data)
   if [ -f .cifarw2/part-1.npz ]; then cp .cifarw2/part-1.npz /root/chunks/; fi
   python3 -m bench.device_data unpack --parts /root/chunks/part-*.npz --out /root/cifar10
-  read -r prec seed_e res_e <<<"$plan"
-  flag=""; [ "$prec" = bfloat16 ] && flag="--mixed-precision"
-  echo "plan: precision $prec, seed preset $seed_e epochs x 3 seeds, resnet $res_e epochs x 1 seed"
-  echo "$plan" > /root/res/plan.txt
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.18  # four runs and their parent share the GPU
+  ;;
+wall)
+  # Alone on the GPU; the scratch student's process and the teacher's share it.
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 python3 -m bench.accuracy --data /root/cifar10 \
+    --preset seed --seeds 0 --teacher-epochs "${WALL_EPOCHS:-60}" \
+    --student-epochs "${WALL_EPOCHS:-60}" --batch-size 256 --mixed-precision \
+    --parallel-stages ${ACC_EXTRA:-} --out /root/res/wall-seed.json 2>&1 \
+    | tee /root/res/wall.log | quiet | tail -5
+  cp /root/res/wall-seed.json "$OUT/"
+  ;;
+accuracy)
+  export JAX_COMPILATION_CACHE_DIR=/root/jax-cache  # the seeds of a preset compile once
+  seed_e=${SEED_EPOCHS:-60}
+  seconds=$(( ${DEADLINE:?set DEADLINE, the epoch second the runs must end by} - $(date +%s) - 20 ))
+  read -r _ res_e < <(python3 -m bench.plan_epochs --precision bfloat16 --seconds "$seconds" \
+    --speed seed=/root/res/gpu-speed.json --speed resnet=/root/res/gpu-speed-resnet.json \
+    --seeds 3 --fixed seed="$seed_e" --fill resnet)
+  echo "plan: ${seconds} s: seed preset ${seed_e} epochs, resnet ${res_e} epochs, 3 seeds each"
+  echo "$seconds $seed_e $res_e" > /root/res/plan.txt
   # shellcheck disable=SC2206  # ACC_EXTRA: extra arguments for a local dry run
-  common=(--data /root/cifar10 --batch-size 256 $flag --reports /root/res/reports ${ACC_EXTRA:-})
-  python3 -m bench.accuracy "${common[@]}" --preset seed --seeds 0 1 2 --jobs 3 \
-    --teacher-epochs "$seed_e" --student-epochs "$seed_e" \
-    --out /root/res/accuracy-seed-gpu.json > /root/res/seed.log 2>&1 &
+  common=(--data /root/cifar10 --batch-size 256 --mixed-precision --seeds 0 1 2 --jobs 3
+    --reports /root/res/reports ${ACC_EXTRA:-})
+  # Six runs and two parents share the GPU's memory.
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.12
+  python3 -m bench.accuracy "${common[@]}" --preset seed --teacher-epochs "$seed_e" \
+    --student-epochs "$seed_e" --out /root/res/accuracy-seed-gpu.json > /root/res/seed.log 2>&1 &
   if [ "$res_e" -gt 0 ]; then
-    python3 -m bench.accuracy "${common[@]}" --preset resnet \
-      --seeds 0 --teacher-epochs "$res_e" --student-epochs "$res_e" \
-      --out /root/res/accuracy-resnet-gpu.json > /root/res/resnet.log 2>&1 &
+    python3 -m bench.accuracy "${common[@]}" --preset resnet --teacher-epochs "$res_e" \
+      --student-epochs "$res_e" --out /root/res/accuracy-resnet-gpu.json \
+      > /root/res/resnet.log 2>&1 &
   fi
   wait
-  cat /root/res/seed.log /root/res/resnet.log 2>/dev/null | grep -v "step [0-9]*/" | tail -40
+  tail -n 4 /root/res/seed.log /root/res/resnet.log 2>/dev/null || true
   ;;
 pack)
   tar -czf "$OUT/res.tar.gz" -C /root res

@@ -3,10 +3,11 @@
 All three go through :func:`fit`, which adds what a production run needs around
 ``keras.Model.fit``:
 
-- **Augmentation** (random crop from a 4-pixel zero-padded image, horizontal flip), vectorised
-  NumPy over a whole batch (one strided window per image, no per-image loop), drawn from a
-  generator keyed by ``(seed, epoch, batch)``: the same seed gives the same batches, also
-  after a resume. The distiller's teacher and student see the same augmented batch.
+- **Augmentation** (random crop from a 4-pixel zero-padded image, horizontal flip) inside the
+  compiled training step (:func:`crop_flip`, :func:`training_model`): the host sends the
+  batch's uint8 images plus per-image crop offsets and flips drawn from a generator keyed by
+  ``(seed, epoch, batch)``, so the same seed gives the same batches, also after a resume. The
+  distiller's teacher and student get the same offsets, so they see the same augmented batch.
 - **Optimiser and schedule** from the config: SGD with Nesterov momentum (or Adam/AdamW),
   decoupled weight decay, linear warm-up then cosine decay, optional global-norm clipping.
 - **A checkpoint every epoch and resume after a kill** (:class:`EpochCheckpoint`, under
@@ -51,27 +52,48 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 INFO_FILE = "info.json"
 CHECKPOINT_DIR = "checkpoint"
+# Part of every checkpoint's fingerprint: a checkpoint of another layout (before training
+# models had the CropFlip front end) is discarded, not loaded into the wrong variables.
+CHECKPOINT_FORMAT = "fit-v2:"
+
+
+def draw_augmentation(rng: np.random.Generator, n: int, pad: int = 4) -> np.ndarray:
+    """Per-image crop offsets and flips for ``n`` images: int32 (n, 3) rows ``(oy, ox, flip)``.
+
+    ``oy`` and ``ox`` are uniform in [0, 2*pad] (the crop's top-left corner in the padded
+    image, pixels), ``flip`` is 1 for a horizontal flip (probability 0.5). Identity is
+    ``(pad, pad, 0)``.
+    """
+    oy = rng.integers(0, 2 * pad + 1, size=(n,))
+    ox = rng.integers(0, 2 * pad + 1, size=(n,))
+    flip = rng.random(size=(n,)) < 0.5
+    return np.stack([oy, ox, flip], axis=1).astype(np.int32)
+
+
+def identity_augmentation(n: int, pad: int = 4) -> np.ndarray:
+    """The ``(oy, ox, flip)`` rows that leave ``n`` images unchanged: ``(pad, pad, 0)``."""
+    return np.tile(np.array([[pad, pad, 0]], np.int32), (n, 1))
 
 
 def augment_batch(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """Random crop of a ``pad``-pixel zero-padded image plus a random horizontal flip.
+    """Random crop of a ``pad``-pixel zero-padded image plus a random horizontal flip, in NumPy.
+
+    The reference for :func:`crop_flip` (which training runs on the device): with the same
+    generator both give the same images, bit for bit.
 
     Args:
         x: (N, H, W, C) images (any dtype).
-        rng: the generator the offsets and flips are drawn from.
+        rng: the generator the offsets and flips are drawn from (:func:`draw_augmentation`).
         pad: padding in pixels on each side (crop offsets are uniform in [0, 2*pad]).
 
     Returns:
         An array of the same shape and dtype.
     """
     n, h, w, _ = x.shape
+    oy, ox, flip = draw_augmentation(rng, n, pad).T.astype(np.intp)
+    flip = flip.astype(bool)
     padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    oy = rng.integers(0, 2 * pad + 1, size=(n,))
-    ox = rng.integers(0, 2 * pad + 1, size=(n,))
-    flip = rng.random(size=(n,)) < 0.5
     # Every (h, w) window of every padded image, as a view: (n, 2*pad+1, 2*pad+1, C, h, w).
-    # Picking one window per image copies whole strided blocks, faster than gathering pixel
-    # by pixel with index arrays (same output).
     windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
     crops = windows[np.arange(n), oy, ox].transpose(0, 2, 3, 1)
     out = np.empty_like(x)
@@ -80,13 +102,83 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.n
     return out
 
 
-class BatchSequence(keras.utils.PyDataset):
-    """Batches of (images as float32 0-255, labels), shuffled and augmented per epoch.
+def crop_flip(images: Any, params: Any, pad: int = 4) -> Any:
+    """:func:`augment_batch` as backend ops (``keras.ops``), so it runs inside the compiled step.
 
-    The order and the augmentation of batch ``i`` in epoch ``e`` depend only on
-    ``(seed, e, i)``. The epoch is counted from the requests themselves (a request for batch 0
-    after the last batch starts the next epoch), so it stays right however far ahead the
-    backend's input pipeline prefetches; ``start_epoch`` is where a resumed run begins.
+    ``out[n, i, j] = x[n, i + oy - pad, j' + ox - pad]`` with ``j' = W-1-j`` if flipped, else
+    ``j``; pixels from outside the image are 0 (the zero padding). Built as two batched
+    products with 0/1 selection matrices (rows, then columns): each output pixel is one input
+    pixel times 1, so the result is exact (no rounding), also under TF32 matmuls.
+
+    Args:
+        images: (N, H, W, C) images, any numeric dtype (values 0-255 stay exact).
+        params: int (N, 3) rows ``(oy, ox, flip)`` from :func:`draw_augmentation`.
+        pad: the padding the offsets were drawn for (pixels).
+
+    Returns:
+        float32 (N, H, W, C) images.
+    """
+    from keras import ops
+
+    x = ops.cast(images, "float32")
+    h, w = x.shape[1], x.shape[2]
+    params = ops.cast(params, "int32")
+    oy, ox, flip = params[:, 0:1] - pad, params[:, 1:2] - pad, params[:, 2:3]
+    rows, cols = ops.arange(h, dtype="int32")[None, :], ops.arange(w, dtype="int32")[None, :]
+    src_rows = rows + oy  # (N, H): the input row each output row reads
+    src_cols = ops.where(flip > 0, (w - 1) - cols, cols) + ox  # (N, W)
+    select_rows = ops.cast(ops.equal(src_rows[:, :, None], rows[:, None, :]), "float32")
+    select_cols = ops.cast(ops.equal(src_cols[:, :, None], cols[:, None, :]), "float32")
+    x = ops.einsum("nij,njkc->nikc", select_rows, x)
+    return ops.einsum("nlk,nikc->nilc", select_cols, x)
+
+
+@keras.saving.register_keras_serializable(package="kd")
+class CropFlip(keras.layers.Layer):
+    """Applies :func:`crop_flip` to ``[images, params]``; float32 out, no weights."""
+
+    def __init__(self, pad: int = 4, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")  # exact pixels even under mixed precision
+        super().__init__(**kwargs)
+        self.pad = int(pad)
+
+    def call(self, inputs: Any) -> Any:
+        images, params = inputs
+        return crop_flip(images, params, self.pad)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape[0])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "pad": self.pad}
+
+
+IMAGE_KEY, AUGMENT_KEY = "image", "augment"
+
+
+def training_model(model: Any, pad: int = 4) -> Any:
+    """``model`` behind a :class:`CropFlip`: inputs ``{"image": uint8 (N,32,32,3),
+    "augment": int32 (N,3)}`` (what :class:`BatchSequence` yields), same outputs.
+
+    Training and validation go through it, so the crop and flip run on the device; it shares
+    ``model``'s variables, and the stages save ``model`` itself (no augmentation inside).
+    """
+    image = keras.Input(model.input_shape[1:], dtype="uint8", name=IMAGE_KEY)
+    params = keras.Input((3,), dtype="int32", name=AUGMENT_KEY)
+    x = CropFlip(pad, name="crop_flip")([image, params])
+    return keras.Model({IMAGE_KEY: image, AUGMENT_KEY: params}, model(x), name=f"{model.name}_fit")
+
+
+class BatchSequence(keras.utils.PyDataset):
+    """Batches of ``({"image": uint8 images, "augment": (oy, ox, flip) rows}, labels)``,
+    shuffled per epoch, for a :func:`training_model`.
+
+    The host only gathers the batch's uint8 images and draws the crop offsets and flips (the
+    crop and flip run on the device): the order and the augmentation of batch ``i`` in epoch
+    ``e`` depend only on ``(seed, e, i)``. The epoch is counted from the requests themselves
+    (a request for batch 0 after the last batch starts the next epoch), so it stays right
+    however far ahead the backend's input pipeline prefetches; ``start_epoch`` is where a
+    resumed run begins. Without ``augment`` the rows are the identity ``(pad, pad, 0)``.
     """
 
     def __init__(
@@ -99,10 +191,11 @@ class BatchSequence(keras.utils.PyDataset):
         shuffle: bool,
         augment: bool,
         start_epoch: int = 0,
+        pad: int = 4,
     ) -> None:
         super().__init__()
         self.x, self.y = x, y.astype(np.int32)
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.pad = batch_size, seed, pad
         self.shuffle, self.augment = shuffle, augment
         self.start_epoch = self.epoch = start_epoch
         self._last = -1
@@ -123,7 +216,7 @@ class BatchSequence(keras.utils.PyDataset):
         their shapes before training starts)."""
         self.epoch, self._last = self.start_epoch, -1
 
-    def batch(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, epoch: int, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Batch ``i`` of epoch ``epoch`` (pure: no counters move)."""
         saved = self.epoch
         self.epoch = epoch
@@ -133,10 +226,14 @@ class BatchSequence(keras.utils.PyDataset):
             self.epoch = saved
         xb = self.x[idx]
         if self.augment:
-            xb = augment_batch(xb, np.random.default_rng([self.seed, epoch, i, 1]))
-        return xb.astype(np.float32), self.y[idx]
+            params = draw_augmentation(
+                np.random.default_rng([self.seed, epoch, i, 1]), len(idx), self.pad
+            )
+        else:
+            params = identity_augmentation(len(idx), self.pad)
+        return {IMAGE_KEY: xb, AUGMENT_KEY: params}, self.y[idx]
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         if i == 0 and self._last == len(self) - 1:
             self.epoch += 1
         self._last = i
@@ -363,7 +460,8 @@ def fit(
     """Train a compiled model (or Distiller) with checkpoints, resume and divergence checks.
 
     Args:
-        model: a compiled ``keras.Model`` or ``keras.distillation.Distiller``.
+        model: a compiled :func:`training_model` or a ``keras.distillation.Distiller`` of two
+            (inputs as :class:`BatchSequence` yields them).
         train: (x uint8 (N,32,32,3), y (N,)) training split.
         val: validation split (never augmented).
         cfg: the stage's config (epochs, batch size, augmentation, seeds, early stopping).
@@ -543,13 +641,21 @@ def train_supervised(
     model = build_model(cfg.preset, role, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
     steps = math.ceil(len(train[0]) / cfg.batch_size)
-    model.compile(
+    trainer = training_model(model)
+    trainer.compile(
         optimizer=make_optimizer(cfg, steps),
         loss=kd_distill.hard_loss(cfg.label_smoothing),
         metrics=["accuracy"],
     )
     history = fit(
-        model, train, val, cfg, out, name=stage, fingerprint_extra=_data_fingerprint(train), log=log
+        trainer,
+        train,
+        val,
+        cfg,
+        out,
+        name=stage,
+        fingerprint_extra=CHECKPOINT_FORMAT + _data_fingerprint(train),
+        log=log,
     )
     return _finish(model, history, out, cfg, role, stage)
 
@@ -602,11 +708,15 @@ def distill_student(
         )
     out = Path(out_dir)
     student = build_model(cfg.preset, "student", seed=cfg.seed, mixed_precision=cfg.mixed_precision)
-    distiller = kd_distill.make_distiller(teacher, student, cfg)
+    kd_distill.check_compatible(teacher, student)
+    # Teacher and student each behind the same CropFlip: fed the same offsets, they see the
+    # same augmented images.
+    distiller = kd_distill.make_distiller(training_model(teacher), training_model(student), cfg)
     keras.utils.set_random_seed(cfg.seed)
     steps = math.ceil(len(train[0]) / cfg.batch_size)
     kd_distill.compile_distiller(distiller, make_optimizer(cfg, steps), cfg)
-    distiller(np.zeros((1, *train[0].shape[1:]), np.float32))  # built, so a resume can load
+    # Built, so a resume can load.
+    distiller({IMAGE_KEY: train[0][:1], AUGMENT_KEY: identity_augmentation(1)})
     history = fit(
         distiller,
         train,
@@ -614,7 +724,7 @@ def distill_student(
         cfg,
         out,
         name="distill_student",
-        fingerprint_extra=_data_fingerprint(train) + str(count_params(teacher)),
+        fingerprint_extra=CHECKPOINT_FORMAT + _data_fingerprint(train) + str(count_params(teacher)),
         log=log,
     )
     return _finish(student, history, out, cfg, "student", "distill_student")

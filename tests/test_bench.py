@@ -7,6 +7,7 @@ import pytest
 
 from bench.device_data import pack, unpack
 from bench.gpu_speed import forward_flops
+from bench.plan_epochs import STAGES
 
 
 def _write_source(folder, rng):
@@ -58,3 +59,20 @@ def test_forward_flops_of_the_seed_student_by_hand():
         + 2 * 128 * 10  # logits
     )
     assert forward_flops(build_model("seed", "student")) == expected
+
+
+def test_plan_fills_the_time_left_and_never_overruns():
+    from bench.plan_epochs import fill_epochs, run_seconds
+
+    def speed(first, steady):
+        return {s: {"first_epoch_s": first, "steady_epoch_s": steady} for s in STAGES}
+
+    speeds = {"seed": speed(2.0, 1.0), "resnet": speed(4.0, 2.0)}
+    # seed: 2 runs x 3 x (2 + 9 x 1) = 66 s; resnet: 2 runs x 3 x (4 + (E-1) x 2) s.
+    epochs = fill_epochs(speeds, {"seed": 10}, "resnet", 150.0, seeds=2, overhead_s=0.0)
+    assert epochs == 6  # exactly 150 s; 7 epochs would take 162 s
+    total = 2 * (run_seconds(speeds["seed"], 10, 0.0) + run_seconds(speeds["resnet"], 6, 0.0))
+    assert total == 150.0
+    assert fill_epochs(speeds, {"seed": 10}, "resnet", 89.0, seeds=2, overhead_s=0.0) == 0
+    # The overhead per run counts for every run.
+    assert fill_epochs(speeds, {"seed": 10}, "resnet", 150.0, seeds=2, overhead_s=5.0) == 4

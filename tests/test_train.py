@@ -19,10 +19,15 @@ import pytest
 from kd.config import StudentConfig
 from kd.errors import ArtifactError, DivergenceError
 from kd.train import (
+    AUGMENT_KEY,
+    IMAGE_KEY,
     BatchSequence,
     augment_batch,
+    crop_flip,
+    draw_augmentation,
     load_model,
     train_student_scratch,
+    training_model,
 )
 
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -46,6 +51,50 @@ def test_augment_is_a_padded_crop_or_its_mirror():
     assert not np.array_equal(out, x)
 
 
+def test_device_crop_flip_equals_the_numpy_reference_bit_for_bit():
+    x, _ = _data(64)
+    expected = augment_batch(x, np.random.default_rng(3))
+    params = draw_augmentation(np.random.default_rng(3), len(x))
+    # Every offset and both flips occur, so every branch of the selection is exercised.
+    assert set(params[:, 0]) == set(range(9)) and set(params[:, 2]) == {0, 1}
+    got = keras.ops.convert_to_numpy(crop_flip(x, params))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    # The identity rows leave the images unchanged.
+    ident = np.tile(np.array([[4, 4, 0]], np.int32), (len(x), 1))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(crop_flip(x, ident)), x)
+
+
+def test_training_model_crops_on_the_device_and_shares_the_weights():
+    from kd.models import build_model
+
+    model = build_model("seed", "student", seed=0)
+    trainer = training_model(model)
+    assert trainer.count_params() == model.count_params()
+    x, _ = _data(8)
+    params = draw_augmentation(np.random.default_rng(4), len(x))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(trainer({IMAGE_KEY: x, AUGMENT_KEY: params})),
+        keras.ops.convert_to_numpy(model(augment_batch(x, np.random.default_rng(4)))),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_batches_send_uint8_images_and_the_augmentation_rows():
+    x, y = _data(10)
+    seq = BatchSequence(x, y, 4, seed=1, shuffle=False, augment=True)
+    inputs, labels = seq.batch(0, 1)
+    np.testing.assert_array_equal(inputs[IMAGE_KEY], x[4:8])  # raw uint8: 4x less to copy
+    assert inputs[IMAGE_KEY].dtype == np.uint8 and inputs[AUGMENT_KEY].dtype == np.int32
+    np.testing.assert_array_equal(
+        inputs[AUGMENT_KEY], draw_augmentation(np.random.default_rng([1, 0, 1, 1]), 4)
+    )
+    plain = BatchSequence(x, y, 4, seed=1, shuffle=False, augment=False)
+    assert plain.batch(0, 2)[0][AUGMENT_KEY].tolist() == [[4, 4, 0], [4, 4, 0]]
+    np.testing.assert_array_equal(labels, y[4:8])
+
+
 def test_batches_depend_only_on_seed_epoch_and_index():
     x, y = _data(100)
     a = BatchSequence(x, y, 32, seed=5, shuffle=True, augment=True)
@@ -54,10 +103,12 @@ def test_batches_depend_only_on_seed_epoch_and_index():
     first = [a[i] for i in range(len(a))]
     second = [a[i] for i in range(len(a))]  # the next pass is epoch 1
     for i in range(len(a)):
-        np.testing.assert_array_equal(second[i][0], resumed[i][0])
+        for key in (IMAGE_KEY, AUGMENT_KEY):
+            np.testing.assert_array_equal(second[i][0][key], resumed[i][0][key])
+            np.testing.assert_array_equal(first[i][0][key], a.batch(0, i)[0][key])
         np.testing.assert_array_equal(second[i][1], resumed[i][1])
-        np.testing.assert_array_equal(first[i][0], a.batch(0, i)[0])
     assert not np.array_equal(first[0][1], second[0][1])
+    assert not np.array_equal(first[0][0][AUGMENT_KEY], second[0][0][AUGMENT_KEY])
     # One epoch covers every example once.
     labels = np.concatenate([b[1] for b in first])
     assert sorted(labels.tolist()) == sorted(y.tolist())
@@ -212,3 +263,26 @@ def test_training_lets_keras_dispatch_batch_hooks_asynchronously(tmp_path, monke
     cfg = StudentConfig(epochs=1, batch_size=50, divergence_check_epoch=0)
     train_student_scratch((x, y), (x[:50], y[:50]), cfg, tmp_path / "out")
     assert seen and all(seen)
+
+
+def test_distilled_teacher_and_student_see_the_same_augmented_images(tmp_path):
+    """A teacher identical to the student's starting point and a learning rate too small to
+    move it: the soft loss is zero exactly when both see the same crop and flip of each image
+    (the augmentation runs inside each model's CropFlip, from the same offsets)."""
+    from kd.config import DistillConfig
+    from kd.models import build_model
+    from kd.train import distill_student
+
+    x, y = _data(64)
+    cfg = DistillConfig(
+        epochs=1, batch_size=32, learning_rate=1e-9, warmup_epochs=0, divergence_check_epoch=0
+    )
+    teacher = build_model(cfg.preset, "student", seed=cfg.seed)
+    res = distill_student(teacher, (x, y), (x[:32], y[:32]), cfg, tmp_path / "d")
+    assert res.history["distillation_loss"][0] < 1e-6
+    # The check can fail: the same model on differently augmented images gives a clear loss.
+    a = keras.ops.convert_to_numpy(teacher(augment_batch(x, np.random.default_rng(0))))
+    b = keras.ops.convert_to_numpy(teacher(augment_batch(x, np.random.default_rng(1))))
+    from kd.distill import kd_loss_reference
+
+    assert kd_loss_reference(y, a, b, cfg.temperature, 0.0) > 1e-3
