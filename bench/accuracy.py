@@ -64,11 +64,10 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "mixed_precision": args.mixed_precision,
     }
-    teacher_cfg = TeacherConfig(epochs=args.teacher_epochs, **common)
-    student_cfg = StudentConfig(epochs=args.student_epochs, **common)
-    distill_cfg = DistillConfig(
-        epochs=args.student_epochs, temperature=args.temperature, alpha=args.alpha, **common
-    )
+    teacher_cfg = TeacherConfig(epochs=args.teacher_epochs, learning_rate=args.teacher_lr, **common)
+    student = {"epochs": args.student_epochs, "learning_rate": args.student_lr}
+    student_cfg = StudentConfig(**student, **common)
+    distill_cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, **student, **common)
     times = {"split_s": time.perf_counter() - t0}
     start = t = time.perf_counter()
     scratch_job = None
@@ -198,6 +197,13 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=TeacherConfig().epochs)
     ap.add_argument("--student-epochs", type=int, default=StudentConfig().epochs)
     ap.add_argument("--batch-size", type=int, default=TeacherConfig().batch_size)
+    ap.add_argument("--teacher-lr", type=float, default=TeacherConfig().learning_rate)
+    ap.add_argument(
+        "--student-lr",
+        type=float,
+        default=StudentConfig().learning_rate,
+        help="peak lr of both students (scratch and distilled)",
+    )
     ap.add_argument("--temperature", type=float, default=DistillConfig().temperature)
     ap.add_argument("--alpha", type=float, default=DistillConfig().alpha)
     ap.add_argument("--mixed-precision", action="store_true")

@@ -11,9 +11,12 @@
 #                                        # bfloat16, alone on the GPU, teacher and scratch at
 #                                        # once, no compilation cache: wall time and accuracy
 #   DEADLINE=EPOCH_S bash bench/gpu_session.sh accuracy
-#                         # 3 seeds of each preset at once on the one GPU: seed preset at
-#                         # SEED_EPOCHS (60), resnet at the most epochs that fit before
-#                         # DEADLINE (bench/plan_epochs.py, from the speeds measured above)
+#                         # at once on the one GPU: seed preset, 3 seeds, SEED_EPOCHS (60);
+#                         # resnet at the most epochs that fit before DEADLINE
+#                         # (bench/plan_epochs.py, from the speeds measured above): 3 seeds
+#                         # if that is >= RESNET_MIN_EPOCHS (80), else 1 seed for longer
+#                         # (a short schedule would only repeat the 30-epoch result); its
+#                         # students (BatchNorm) at peak lr RESNET_STUDENT_LR (0.1)
 #   bash bench/gpu_session.sh pack       # /root/res -> $OUT/res.tar.gz
 # Results go to /root/res and, packed, to $OUT.
 set -euo pipefail
@@ -59,21 +62,28 @@ accuracy)
   export JAX_COMPILATION_CACHE_DIR=/root/jax-cache  # the seeds of a preset compile once
   seed_e=${SEED_EPOCHS:-60}
   seconds=$(( ${DEADLINE:?set DEADLINE, the epoch second the runs must end by} - $(date +%s) - 20 ))
-  read -r _ res_e < <(python3 -m bench.plan_epochs --precision bfloat16 --seconds "$seconds" \
-    --speed seed=/root/res/gpu-speed.json --speed resnet=/root/res/gpu-speed-resnet.json \
-    --seeds 3 --fixed seed="$seed_e" --fill resnet)
-  echo "plan: ${seconds} s: seed preset ${seed_e} epochs, resnet ${res_e} epochs, 3 seeds each"
-  echo "$seconds $seed_e $res_e" > /root/res/plan.txt
+  plan() {
+    python3 -m bench.plan_epochs --precision bfloat16 --seconds "$seconds" --seeds 3 \
+      --speed seed=/root/res/gpu-speed.json --speed resnet=/root/res/gpu-speed-resnet.json \
+      --fixed seed="$seed_e" --fill resnet --fill-seeds "$1" | cut -d" " -f2
+  }
+  res_seeds=(0 1 2)
+  res_e=$(plan 3)
+  if [ "$res_e" -lt "${RESNET_MIN_EPOCHS:-80}" ]; then res_seeds=(0); res_e=$(plan 1); fi
+  echo "plan: ${seconds} s: seed preset 3 seeds x ${seed_e} epochs;" \
+    "resnet ${#res_seeds[@]} seed(s) x ${res_e} epochs"
+  echo "$seconds seed 3x$seed_e resnet ${#res_seeds[@]}x$res_e" > /root/res/plan.txt
   # shellcheck disable=SC2206  # ACC_EXTRA: extra arguments for a local dry run
-  common=(--data /root/cifar10 --batch-size 256 --mixed-precision --seeds 0 1 2 --jobs 3
+  common=(--data /root/cifar10 --batch-size 256 --mixed-precision --jobs 3
     --reports /root/res/reports ${ACC_EXTRA:-})
   # Six runs and two parents share the GPU's memory.
   export XLA_PYTHON_CLIENT_MEM_FRACTION=0.12
-  python3 -m bench.accuracy "${common[@]}" --preset seed --teacher-epochs "$seed_e" \
+  python3 -m bench.accuracy "${common[@]}" --preset seed --seeds 0 1 2 --teacher-epochs "$seed_e" \
     --student-epochs "$seed_e" --out /root/res/accuracy-seed-gpu.json > /root/res/seed.log 2>&1 &
   if [ "$res_e" -gt 0 ]; then
-    python3 -m bench.accuracy "${common[@]}" --preset resnet --teacher-epochs "$res_e" \
-      --student-epochs "$res_e" --out /root/res/accuracy-resnet-gpu.json \
+    python3 -m bench.accuracy "${common[@]}" --preset resnet --seeds "${res_seeds[@]}" \
+      --teacher-epochs "$res_e" --student-epochs "$res_e" \
+      --student-lr "${RESNET_STUDENT_LR:-0.1}" --out /root/res/accuracy-resnet-gpu.json \
       > /root/res/resnet.log 2>&1 &
   fi
   wait

@@ -2,7 +2,7 @@
 
     python -m bench.plan_epochs --speed seed=/root/res/gpu-speed.json \
         --speed resnet=/root/res/gpu-speed-resnet.json --precision bfloat16 \
-        --seconds 400 --seeds 3 --fixed seed=60 --fill resnet
+        --seconds 400 --seeds 3 --fixed seed=60 --fill resnet [--fill-seeds 1]
 
 Prints ``EPOCHS_seed EPOCHS_resnet`` (in the order of ``--speed``): the ``--fixed`` presets get
 their epochs, the ``--fill`` preset the most epochs that fit.
@@ -44,14 +44,17 @@ def fill_epochs(
     seeds: int,
     overhead_s: float = 20.0,
     max_epochs: int = 200,
+    fill_seeds: int | None = None,
 ) -> int:
-    """The most epochs for preset ``fill`` such that ``seeds`` runs of every preset fit in
-    ``seconds`` (0 when even one epoch does not fit)."""
+    """The most epochs for preset ``fill`` such that ``seeds`` runs of each ``fixed`` preset
+    and ``fill_seeds`` (default ``seeds``) runs of ``fill`` fit in ``seconds`` (0 when even
+    one epoch does not fit)."""
+    n_fill = seeds if fill_seeds is None else fill_seeds
     used = seeds * sum(run_seconds(speeds[p], e, overhead_s) for p, e in fixed.items())
-    left = seconds - used - seeds * run_seconds(speeds[fill], 1, overhead_s)
+    left = seconds - used - n_fill * run_seconds(speeds[fill], 1, overhead_s)
     if left < 0:
         return 0
-    per_epoch = seeds * sum(speeds[fill][s]["steady_epoch_s"] for s in STAGES)
+    per_epoch = n_fill * sum(speeds[fill][s]["steady_epoch_s"] for s in STAGES)
     return min(max_epochs, 1 + math.floor(left / per_epoch))
 
 
@@ -65,6 +68,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fixed", action="append", default=[], help="PRESET=EPOCHS")
     ap.add_argument("--fill", required=True, help="the preset that gets the time left")
+    ap.add_argument("--fill-seeds", type=int, default=None, help="its runs (default --seeds)")
     ap.add_argument("--overhead", type=float, default=20.0, help="split + evaluate, s per run")
     args = ap.parse_args()
     speeds = {}
@@ -74,7 +78,13 @@ def main() -> None:
     fixed = {p: int(e) for p, e in (item.split("=", 1) for item in args.fixed)}
     epochs = dict(fixed)
     epochs[args.fill] = fill_epochs(
-        speeds, fixed, args.fill, args.seconds, args.seeds, args.overhead
+        speeds,
+        fixed,
+        args.fill,
+        args.seconds,
+        args.seeds,
+        args.overhead,
+        fill_seeds=args.fill_seeds,
     )
     print(" ".join(str(epochs.get(p, 0)) for p in speeds))
 

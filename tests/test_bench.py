@@ -76,3 +76,8 @@ def test_plan_fills_the_time_left_and_never_overruns():
     assert fill_epochs(speeds, {"seed": 10}, "resnet", 89.0, seeds=2, overhead_s=0.0) == 0
     # The overhead per run counts for every run.
     assert fill_epochs(speeds, {"seed": 10}, "resnet", 150.0, seeds=2, overhead_s=5.0) == 4
+    # One run of the filled preset: 150 - 66 = 84 s = 3 x (4 + (E-1) x 2) -> E = 13.
+    epochs = fill_epochs(
+        speeds, {"seed": 10}, "resnet", 150.0, seeds=2, overhead_s=0.0, fill_seeds=1
+    )
+    assert epochs == 13
