@@ -11,12 +11,15 @@
 #                                        # bfloat16, alone on the GPU, teacher and scratch at
 #                                        # once, no compilation cache: wall time and accuracy
 #   DEADLINE=EPOCH_S bash bench/gpu_session.sh accuracy
-#                         # at once on the one GPU: seed preset, 3 seeds, SEED_EPOCHS (60);
+#                         # at once on the one GPU: seed preset, 3 seeds, SEED_EPOCHS (60;
+#                         # 0 skips it);
 #                         # resnet at the most epochs that fit before DEADLINE
 #                         # (bench/plan_epochs.py, from the speeds measured above): 3 seeds
 #                         # if that is >= RESNET_MIN_EPOCHS (80), else 1 seed for longer
 #                         # (a short schedule would only repeat the 30-epoch result); its
-#                         # students (BatchNorm) at peak lr RESNET_STUDENT_LR (0.1)
+#                         # students (BatchNorm) at peak lr RESNET_STUDENT_LR (0.1). SHARING
+#                         # (1.0, the safe bound) scales the plan's sum of lone-run times;
+#                         # session 3 measured 0.48 for three seed-preset runs at once
 #   bash bench/gpu_session.sh pack       # /root/res -> $OUT/res.tar.gz
 # Results go to /root/res and, packed, to $OUT.
 set -euo pipefail
@@ -64,6 +67,7 @@ accuracy)
   seconds=$(( ${DEADLINE:?set DEADLINE, the epoch second the runs must end by} - $(date +%s) - 20 ))
   plan() {
     python3 -m bench.plan_epochs --precision bfloat16 --seconds "$seconds" --seeds 3 \
+      --sharing "${SHARING:-1.0}" \
       --speed seed=/root/res/gpu-speed.json --speed resnet=/root/res/gpu-speed-resnet.json \
       --fixed seed="$seed_e" --fill resnet --fill-seeds "$1" | cut -d" " -f2
   }
@@ -78,8 +82,11 @@ accuracy)
     --reports /root/res/reports ${ACC_EXTRA:-})
   # Six runs and two parents share the GPU's memory.
   export XLA_PYTHON_CLIENT_MEM_FRACTION=0.12
-  python3 -m bench.accuracy "${common[@]}" --preset seed --seeds 0 1 2 --teacher-epochs "$seed_e" \
-    --student-epochs "$seed_e" --out /root/res/accuracy-seed-gpu.json > /root/res/seed.log 2>&1 &
+  if [ "$seed_e" -gt 0 ]; then
+    python3 -m bench.accuracy "${common[@]}" --preset seed --seeds 0 1 2 \
+      --teacher-epochs "$seed_e" --student-epochs "$seed_e" \
+      --out /root/res/accuracy-seed-gpu.json > /root/res/seed.log 2>&1 &
+  fi
   if [ "$res_e" -gt 0 ]; then
     python3 -m bench.accuracy "${common[@]}" --preset resnet --seeds "${res_seeds[@]}" \
       --teacher-epochs "$res_e" --student-epochs "$res_e" \

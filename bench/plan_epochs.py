@@ -13,6 +13,10 @@ takes ``sum over its three stages of (first epoch + (E - 1) x steady epoch)`` (t
 holds the compilation) plus ``overhead_s`` (data split and evaluation). Lone runs that leave
 the GPU idle part of the time (host-bound) make the sum an over-estimate, so the plan errs
 short, never long: a plan that overran the device call would lose every result.
+
+``--sharing F`` multiplies that sum by F < 1 where runs are known to overlap: on the H200,
+three seed-preset runs at once took 207 s where the sum predicted 428 s (0.48; session 3,
+``bench/results/h200/accuracy-seed-60ep-bf16.json``). The default, 1, is the safe bound.
 """
 
 from __future__ import annotations
@@ -45,12 +49,14 @@ def fill_epochs(
     overhead_s: float = 20.0,
     max_epochs: int = 200,
     fill_seeds: int | None = None,
+    sharing: float = 1.0,
 ) -> int:
     """The most epochs for preset ``fill`` such that ``seeds`` runs of each ``fixed`` preset
     and ``fill_seeds`` (default ``seeds``) runs of ``fill`` fit in ``seconds`` (0 when even
     one epoch does not fit)."""
     n_fill = seeds if fill_seeds is None else fill_seeds
     used = seeds * sum(run_seconds(speeds[p], e, overhead_s) for p, e in fixed.items())
+    seconds = seconds / sharing
     left = seconds - used - n_fill * run_seconds(speeds[fill], 1, overhead_s)
     if left < 0:
         return 0
@@ -70,6 +76,7 @@ def main() -> None:
     ap.add_argument("--fill", required=True, help="the preset that gets the time left")
     ap.add_argument("--fill-seeds", type=int, default=None, help="its runs (default --seeds)")
     ap.add_argument("--overhead", type=float, default=20.0, help="split + evaluate, s per run")
+    ap.add_argument("--sharing", type=float, default=1.0, help="wall / sum of lone runs (<= 1)")
     args = ap.parse_args()
     speeds = {}
     for item in args.speed:
@@ -85,6 +92,7 @@ def main() -> None:
         args.seeds,
         args.overhead,
         fill_seeds=args.fill_seeds,
+        sharing=args.sharing,
     )
     print(" ".join(str(epochs.get(p, 0)) for p in speeds))
 

@@ -81,3 +81,7 @@ def test_plan_fills_the_time_left_and_never_overruns():
         speeds, {"seed": 10}, "resnet", 150.0, seeds=2, overhead_s=0.0, fill_seeds=1
     )
     assert epochs == 13
+    # Runs known to overlap (wall = 0.5 x the sum of lone runs) get twice the time.
+    assert (
+        fill_epochs(speeds, {"seed": 10}, "resnet", 75.0, seeds=2, overhead_s=0.0, sharing=0.5) == 6
+    )
