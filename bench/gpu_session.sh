@@ -6,6 +6,8 @@
 #   bash bench/gpu_session.sh setup      # wheels -> /root/site, part 1 -> /root/chunks, GPU info
 #   bash bench/gpu_session.sh speed      # bench.gpu_speed: seed preset in float32 and bfloat16,
 #                                        # resnet preset in bfloat16 (3 epochs a stage)
+#   bash bench/gpu_session.sh steps      # bench.step_time: a training step through fit, as a
+#                                        # jitted loop and as a scan of 8 (not yet run on a GPU)
 #   bash bench/gpu_session.sh data       # part 2, unpack + SHA-256 check -> /root/cifar10
 #   bash bench/gpu_session.sh wall       # the three trainings of the seed preset, 60 epochs,
 #                                        # bfloat16, alone on the GPU, teacher and scratch at
@@ -47,6 +49,10 @@ speed)
     --precisions bfloat16 --out /root/res/gpu-speed-resnet.json 2>&1 \
     | tee /root/res/gpu-speed-resnet.log | quiet
   cp /root/res/gpu-speed*.json "$OUT/"
+  ;;
+steps)
+  python3 -m bench.step_time --out /root/res/step-time.json 2>&1 | tee /root/res/step-time.log
+  cp /root/res/step-time.json "$OUT/"
   ;;
 data)
   if [ -f .cifarw2/part-1.npz ]; then cp .cifarw2/part-1.npz /root/chunks/; fi

@@ -85,3 +85,46 @@ def test_plan_fills_the_time_left_and_never_overruns():
     assert (
         fill_epochs(speeds, {"seed": 10}, "resnet", 75.0, seeds=2, overhead_s=0.0, sharing=0.5) == 6
     )
+
+
+def _step_time(tmp_path, backend, *extra):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    args = ["--stages", "scratch", "--batch-size", "8", "--steps", "4", "--scan", "2"]
+    return subprocess.run(
+        [sys.executable, "-m", "bench.step_time", *args, *extra, "--out", str(tmp_path / "s.json")],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_step_time_splits_a_training_step_on_jax(tmp_path):
+    """The scan is checked against single steps inside the bench (it exits non-zero on a
+    mismatch); the split adds up."""
+    import json
+
+    pytest.importorskip("jax")
+    r = _step_time(tmp_path, "jax", "--repeats", "1", "--unroll")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["scan"] == {"steps_per_call": 2, "unrolled": True}
+    stage = result["stages"]["scratch"]
+    assert min(stage["fit_ms_per_step"], stage["jit_ms_per_step"], stage["scan_ms_per_step"]) > 0
+    assert stage["input_and_keras_loop_ms"] == pytest.approx(
+        stage["fit_ms_per_step"] - stage["jit_ms_per_step"]
+    )
+
+
+def test_step_time_refuses_another_backend_before_building_anything(tmp_path):
+    r = _step_time(tmp_path, "tensorflow")
+    assert r.returncode == 2
+    assert "KERAS_BACKEND=jax" in r.stderr
+    assert not (tmp_path / "s.json").exists()

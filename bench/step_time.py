@@ -1,0 +1,211 @@
+"""Where a training step's time goes, on JAX: Keras's loop, the dispatch, the device.
+
+    KERAS_BACKEND=jax python -m bench.step_time [--preset seed] [--batch-size 256] \
+        [--steps 150] [--scan 8] [--mixed-precision] [--stages teacher scratch distill] \
+        --out FILE.json
+
+For each stage it builds the training model exactly as ``kd.train`` does (the ``CropFlip``
+front end, the optimizer and schedule, the distiller with its frozen teacher) and times one
+step three ways, each in ms per step (median of ``--repeats`` timings):
+
+- ``fit``: ``keras.Model.fit`` over a :class:`kd.train.BatchSequence` of ``--steps`` batches
+  (host-side batches and augmentation draws, the transfer, Keras's per-step loop; no
+  validation, no checkpoint), its second epoch;
+- ``jit``: the compiled ``train_step`` called ``--steps`` times in a Python loop on one batch
+  already on the device (the dispatch of each step, no input pipeline, no Keras loop);
+- ``scan``: ``--scan`` steps per compiled call (``jax.lax.scan`` over a stack of that batch),
+  which leaves one dispatch per ``--scan`` steps: close to the device's own time per step.
+  ``--unroll`` unrolls the loop in the compiled program (longer compilation; XLA's CPU
+  backend runs the rolled loop of a train step about 14x slower than single steps, measured
+  on the development machine, so there only the unrolled figure means anything).
+
+``fit - jit`` is the input pipeline and Keras's loop; ``jit - scan`` the per-step dispatch.
+Before timing, the scan's result is checked against ``--scan`` single steps from the same
+state (same loss), so both time the same work. The device and host time of a real epoch are
+what ``bench.gpu_speed`` measures; this splits its per-step part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STAGES = ("teacher", "scratch", "distill")
+
+
+def build_stage(stage: str, preset: str, batch_size: int, steps: int, mixed: bool) -> Any:
+    """The compiled training model of ``stage`` as ``kd.train`` builds it."""
+    from kd import distill as kd_distill
+    from kd.config import DistillConfig, StudentConfig, TeacherConfig
+    from kd.models import build_model
+    from kd.train import make_optimizer, training_model
+
+    common = {"preset": preset, "batch_size": batch_size, "mixed_precision": mixed, "seed": 0}
+    if stage == "distill":
+        cfg: Any = DistillConfig(**common)
+        teacher = build_model(preset, "teacher", seed=1, mixed_precision=mixed)
+        student = build_model(preset, "student", seed=0, mixed_precision=mixed)
+        model = kd_distill.make_distiller(training_model(teacher), training_model(student), cfg)
+        kd_distill.compile_distiller(model, make_optimizer(cfg, steps), cfg)
+        return model
+    cfg = TeacherConfig(**common) if stage == "teacher" else StudentConfig(**common)
+    model = training_model(
+        build_model(
+            preset, "teacher" if stage == "teacher" else "student", seed=0, mixed_precision=mixed
+        )
+    )
+    model.compile(
+        optimizer=make_optimizer(cfg, steps),
+        loss=kd_distill.hard_loss(cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _median_ms(fn: Any, steps: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000 / steps)
+    return statistics.median(times)
+
+
+def time_stage(
+    model: Any, seq: Any, steps: int, scan: int, repeats: int, unroll: bool = False
+) -> dict[str, Any]:
+    """ms per step through ``fit``, a jitted loop and a scan (see the module docstring)."""
+    import jax
+    import keras
+    import numpy as np
+
+    class EpochTimes(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.times.append(time.perf_counter() - self.t0)
+
+    timer = EpochTimes()
+    model.fit(seq, epochs=1 + repeats, verbose=0, shuffle=False, callbacks=[timer])
+    fit_ms = statistics.median(t * 1000 / steps for t in timer.times[1:])
+
+    state = model._get_jax_state(
+        trainable_variables=True,
+        non_trainable_variables=True,
+        optimizer_variables=True,
+        metrics_variables=True,
+    )
+    batch = jax.device_put(seq.batch(0, 0))
+
+    def body(carry: Any, data: Any) -> Any:
+        logs, carry = model.train_step(carry, data)
+        return carry, logs["loss"]
+
+    one = jax.jit(lambda s, d: body(s, d), donate_argnums=0)
+    many = jax.jit(lambda s, ds: jax.lax.scan(body, s, ds, unroll=unroll), donate_argnums=0)
+    stacked = jax.tree_util.tree_map(lambda a: jax.numpy.stack([a] * scan), batch)
+
+    # The scan does the work of `scan` single steps: same losses from the same state.
+    def copy(s: Any) -> Any:
+        return jax.tree_util.tree_map(jax.numpy.copy, s)
+
+    s1, losses = copy(state), []
+    for _ in range(scan):
+        s1, loss = one(s1, batch)
+        losses.append(float(loss))
+    _, scanned = many(copy(state), stacked)
+    np.testing.assert_allclose(np.asarray(scanned, np.float64), losses, rtol=1e-3, atol=1e-5)
+
+    holder = {"state": s1}
+
+    def run_jit() -> None:
+        s = holder["state"]
+        for _ in range(steps):
+            s, _ = one(s, batch)
+        jax.block_until_ready(s)
+        holder["state"] = s
+
+    def run_scan() -> None:
+        s = holder["state"]
+        for _ in range(steps // scan):
+            s, _ = many(s, stacked)
+        jax.block_until_ready(s)
+        holder["state"] = s
+
+    run_jit()  # warm (first call of the loop after the check)
+    jit_ms = _median_ms(run_jit, steps, repeats)
+    run_scan()
+    scan_ms = _median_ms(run_scan, steps // scan * scan, repeats)
+    return {
+        "fit_ms_per_step": fit_ms,
+        "jit_ms_per_step": jit_ms,
+        "scan_ms_per_step": scan_ms,
+        "input_and_keras_loop_ms": fit_ms - jit_ms,
+        "dispatch_ms": jit_ms - scan_ms,
+        "scan_losses_match_single_steps": True,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--preset", default="seed")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=150, help="steps per timing")
+    ap.add_argument("--scan", type=int, default=8, help="steps per compiled call in `scan`")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--unroll", action="store_true", help="unroll the scan's loop")
+    ap.add_argument("--mixed-precision", action="store_true")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    import keras
+    import numpy as np
+
+    if keras.backend.backend() != "jax":
+        ap.error("this benchmark times JAX's compiled steps: run it with KERAS_BACKEND=jax")
+    if args.steps < args.scan or args.scan < 1:
+        ap.error("--scan must be between 1 and --steps")
+    from kd.evaluate import machine_info
+    from kd.train import BatchSequence
+
+    n = args.steps * args.batch_size
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # speed does not depend on pixels
+    y = rng.integers(0, 10, n)
+    result: dict[str, Any] = {
+        "command": " ".join(["python -m bench.step_time", *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
+        "batch_size": args.batch_size,
+        "precision": "bfloat16" if args.mixed_precision else "float32",
+        "scan": {"steps_per_call": args.scan, "unrolled": args.unroll},
+        "stages": {},
+    }
+    for stage in args.stages:
+        model = build_stage(stage, args.preset, args.batch_size, args.steps, args.mixed_precision)
+        seq = BatchSequence(x, y, args.batch_size, seed=0, shuffle=True, augment=True)
+        result["stages"][stage] = time_stage(
+            model, seq, args.steps, args.scan, args.repeats, args.unroll
+        )
+        print(json.dumps({stage: result["stages"][stage]}), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
