@@ -108,7 +108,9 @@ class TrainConfig:
 
     Args:
         preset: model preset name (``seed``: the notebook's architectures; ``resnet``).
-        epochs: number of epochs (full passes over the training split).
+        epochs: number of epochs (passes over the training split, each in a fresh shuffled
+            order; only full batches are used, so the last ``N mod batch_size`` images of each
+            order sit that epoch out).
         batch_size: images per optimizer step.
         optimizer: ``sgd`` (Nesterov momentum), ``adam`` or ``adamw``.
         learning_rate: peak learning rate per step.

@@ -54,7 +54,30 @@ INFO_FILE = "info.json"
 CHECKPOINT_DIR = "checkpoint"
 # Part of every checkpoint's fingerprint: a checkpoint of another layout (before training
 # models had the CropFlip front end) is discarded, not loaded into the wrong variables.
-CHECKPOINT_FORMAT = "fit-v2:"
+CHECKPOINT_FORMAT = "fit-v3:"
+EVAL_BATCH = 512  # the largest validation batch
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Training steps per epoch: full batches only (the last ``n % batch_size`` images of
+    each epoch's shuffled order sit that epoch out; a set smaller than one batch is one batch).
+
+    One batch shape means one compiled training step: a partial last batch would compile a
+    second one (XLA compiles per shape), which costs as much as the first.
+    """
+    return max(1, n // batch_size)
+
+
+def eval_batch_size(n: int, largest: int = EVAL_BATCH) -> int:
+    """A validation batch size that splits ``n`` images evenly, so that evaluation compiles
+    one step: ``n`` itself up to ``largest``, else the largest divisor of ``n`` in
+    [largest/4, largest], else ``largest`` (every image is evaluated either way)."""
+    if n <= largest:
+        return max(1, n)
+    for b in range(largest, largest // 4 - 1, -1):
+        if n % b == 0:
+            return b
+    return largest
 
 
 def draw_augmentation(rng: np.random.Generator, n: int, pad: int = 4) -> np.ndarray:
@@ -171,7 +194,8 @@ def training_model(model: Any, pad: int = 4) -> Any:
 
 class BatchSequence(keras.utils.PyDataset):
     """Batches of ``({"image": uint8 images, "augment": (oy, ox, flip) rows}, labels)``,
-    shuffled per epoch, for a :func:`training_model`.
+    shuffled per epoch, for a :func:`training_model`; with ``drop_remainder`` only full
+    batches (:func:`steps_per_epoch`).
 
     The host only gathers the batch's uint8 images and draws the crop offsets and flips (the
     crop and flip run on the device): the order and the augmentation of batch ``i`` in epoch
@@ -192,8 +216,10 @@ class BatchSequence(keras.utils.PyDataset):
         augment: bool,
         start_epoch: int = 0,
         pad: int = 4,
+        drop_remainder: bool = False,
     ) -> None:
         super().__init__()
+        self.drop_remainder = drop_remainder
         self.x, self.y = x, y.astype(np.int32)
         self.batch_size, self.seed, self.pad = batch_size, seed, pad
         self.shuffle, self.augment = shuffle, augment
@@ -203,6 +229,8 @@ class BatchSequence(keras.utils.PyDataset):
         self._order = np.arange(len(x))
 
     def __len__(self) -> int:
+        if self.drop_remainder:
+            return steps_per_epoch(len(self.x), self.batch_size)
         return math.ceil(len(self.x) / self.batch_size)
 
     def _ordering(self) -> np.ndarray:
@@ -462,8 +490,10 @@ def fit(
     Args:
         model: a compiled :func:`training_model` or a ``keras.distillation.Distiller`` of two
             (inputs as :class:`BatchSequence` yields them).
-        train: (x uint8 (N,32,32,3), y (N,)) training split.
-        val: validation split (never augmented).
+        train: (x uint8 (N,32,32,3), y (N,)) training split, in full batches of
+            ``cfg.batch_size`` (:func:`steps_per_epoch`).
+        val: validation split (never augmented; every image evaluated, in batches of
+            :func:`eval_batch_size`).
         cfg: the stage's config (epochs, batch size, augmentation, seeds, early stopping).
         out_dir: the stage's output folder; the checkpoint lives in ``out_dir/checkpoint``.
         name: the stage's name in progress lines.
@@ -482,9 +512,17 @@ def fit(
     saver = EpochCheckpoint(ckpt)
     start = saver.latest()[0]
     train_seq = BatchSequence(
-        *train, cfg.batch_size, seed=cfg.seed, shuffle=True, augment=cfg.augment, start_epoch=start
+        *train,
+        cfg.batch_size,
+        seed=cfg.seed,
+        shuffle=True,
+        augment=cfg.augment,
+        start_epoch=start,
+        drop_remainder=True,
     )
-    val_seq = BatchSequence(*val, 512, seed=cfg.seed, shuffle=False, augment=False)
+    val_seq = BatchSequence(
+        *val, eval_batch_size(len(val[0])), seed=cfg.seed, shuffle=False, augment=False
+    )
     hist = _HistoryAndGuard(ckpt / HISTORY_FILE, cfg, name, len(train_seq), log, saver.save)
     callbacks: list[Any] = [
         saver,  # first: restores before the others start
@@ -640,7 +678,7 @@ def train_supervised(
     out = Path(out_dir)
     model = build_model(cfg.preset, role, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
-    steps = math.ceil(len(train[0]) / cfg.batch_size)
+    steps = steps_per_epoch(len(train[0]), cfg.batch_size)
     trainer = training_model(model)
     trainer.compile(
         optimizer=make_optimizer(cfg, steps),
@@ -713,7 +751,7 @@ def distill_student(
     # same augmented images.
     distiller = kd_distill.make_distiller(training_model(teacher), training_model(student), cfg)
     keras.utils.set_random_seed(cfg.seed)
-    steps = math.ceil(len(train[0]) / cfg.batch_size)
+    steps = steps_per_epoch(len(train[0]), cfg.batch_size)
     kd_distill.compile_distiller(distiller, make_optimizer(cfg, steps), cfg)
     # Built, so a resume can load.
     distiller({IMAGE_KEY: train[0][:1], AUGMENT_KEY: identity_augmentation(1)})

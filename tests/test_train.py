@@ -95,6 +95,37 @@ def test_batches_send_uint8_images_and_the_augmentation_rows():
     np.testing.assert_array_equal(labels, y[4:8])
 
 
+def test_training_uses_full_batches_and_evaluation_one_batch_shape(tmp_path, monkeypatch):
+    """One batch shape per pass: a partial batch would compile a second step."""
+    import kd.train as kt
+
+    assert kt.steps_per_epoch(100, 32) == 3 and kt.steps_per_epoch(20, 32) == 1
+    assert kt.eval_batch_size(10_000) == 500 and kt.eval_batch_size(1_000) == 500
+    assert kt.eval_batch_size(50) == 50
+    assert kt.eval_batch_size(1009) == 512  # a prime: no divisor in [128, 512]
+    shapes: dict[bool, set] = {True: set(), False: set()}
+    seen: dict[tuple[int, int], np.ndarray] = {}
+
+    class Recording(kt.BatchSequence):
+        def batch(self, epoch, i):
+            inputs, labels = super().batch(epoch, i)
+            shapes[self.shuffle].add(len(labels))
+            if self.shuffle:
+                seen[(epoch, i)] = inputs[IMAGE_KEY]
+            return inputs, labels
+
+    monkeypatch.setattr(kt, "BatchSequence", Recording)
+    x, y = _data(100)
+    cfg = StudentConfig(epochs=2, batch_size=32, divergence_check_epoch=0)
+    train_student_scratch((x, y), (x[:60], y[:60]), cfg, tmp_path / "out")
+    assert shapes[True] == {32} and shapes[False] == {60}
+    # Each epoch: 3 batches, 96 distinct images of the 100.
+    assert sorted(seen) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    for epoch in (0, 1):
+        images = np.concatenate([seen[(epoch, i)] for i in range(3)])
+        assert len({img.tobytes() for img in images}) == 96
+
+
 def test_batches_depend_only_on_seed_epoch_and_index():
     x, y = _data(100)
     a = BatchSequence(x, y, 32, seed=5, shuffle=True, augment=True)
