@@ -1,13 +1,16 @@
 """CPU speed: images/s per training stage, and the local Docker run against a direct run.
 
-    python -m bench.cpu_speed [--images 1000] [--docker] [--out bench/results/cpu_speed.json]
+    python -m bench.cpu_speed [--images 1000] [--docker [--docker-pipelines tiny demo]] \
+        [--out bench/results/cpu_speed.json]
 
 1. Training throughput of each stage (seed preset, batch 128, the shipped sample): two epochs,
    the second one timed (the first includes tracing), in images/s.
-2. With ``--docker``: the same small pipeline (the shipped sample, 30 images per class, one
-   epoch per stage) through ``python -m local_runner run --runner docker`` and as direct
-   library calls of the same stages in one process; their wall-time ratio; and the start time
-   of one stage container (``docker run --network none IMAGE python -c "import kd.train"``).
+2. With ``--docker``: a pipeline run (``tiny``: the shipped sample, 30 images per class, one
+   epoch per stage; ``demo``: what ``make demo`` runs) through ``python -m local_runner run``
+   (Docker) and as direct library calls of the same stages in one process, both with the
+   configs ``local_runner.run.stage_configs`` builds from the same parameters; their wall-time
+   ratio; and the start time of one stage container
+   (``docker run --network none IMAGE python -c "import kd.train"``).
 """
 
 from __future__ import annotations
@@ -25,22 +28,25 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--teacher-epochs",
-    "1",
-    "--student-epochs",
-    "1",
-    "--train-per-class",
-    "30",
-    "--test-per-class",
-    "10",
-    "--param",
-    "latency_runs=5",
-    "--param",
-    "export_check_images=16",
-    "--param",
-    "min_kd_gain=-100",
-]
+# Pipeline runs compared with and without Docker: (local_runner profile, parameter overrides).
+# Both sides take their configs from the same parameters (local_runner.run.stage_configs).
+PIPELINES: dict[str, tuple[str, dict[str, object]]] = {
+    # one epoch per stage on 30 images per class: fixed costs dominate
+    "tiny": (
+        "demo",
+        {
+            "teacher_epochs": 1,
+            "student_epochs": 1,
+            "train_per_class": 30,
+            "test_per_class": 10,
+            "latency_runs": 5,
+            "export_check_images": 16,
+            "min_kd_gain": -100,
+        },
+    ),
+    # what `make demo` runs: the shipped sample, minutes of training
+    "demo": ("demo", {"min_kd_gain": -100}),
+}
 
 
 def training_throughput(n: int) -> dict[str, float]:
@@ -64,60 +70,43 @@ def training_throughput(n: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def direct_run() -> float:
-    """The tiny pipeline as library calls in this process (what each container does)."""
+def direct_run(profile: str, overrides: dict[str, object]) -> float:
+    """The pipeline as library calls in this process (what each container does), with the
+    configs the local runner builds from the same parameters."""
     from kd import stages
-    from kd.config import (
-        DistillConfig,
-        EvalConfig,
-        GateConfig,
-        SplitConfig,
-        StudentConfig,
-        TeacherConfig,
-    )
+    from local_runner.run import resolve_params, stage_configs
 
+    c = stage_configs(resolve_params(profile, dict(overrides)))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         p = {n: f"{tmp}/{n}" for n in ("train", "val", "test")}
-        meta = stages.split_data(
-            SplitConfig(train_per_class=30, test_per_class=10), p["train"], p["val"], p["test"]
-        )
+        meta = stages.split_data(c["split"], p["train"], p["val"], p["test"])
         tr, va = (p["train"], meta["train"]["sha256"]), (p["val"], meta["validation"]["sha256"])
         te = (p["test"], meta["test"]["sha256"])
-        kw = {"epochs": 1, "divergence_check_epoch": 0}
-        stages.train_teacher(tr, va, TeacherConfig(**kw), f"{tmp}/t")
-        stages.train_student_scratch(tr, va, StudentConfig(**kw), f"{tmp}/s")
-        stages.distill_student(f"{tmp}/t", tr, va, DistillConfig(**kw), f"{tmp}/d")
+        stages.train_teacher(tr, va, c["teacher"], f"{tmp}/t")
+        stages.train_student_scratch(tr, va, c["student"], f"{tmp}/s")
+        stages.distill_student(f"{tmp}/t", tr, va, c["distill"], f"{tmp}/d")
         stages.evaluate(
             {"teacher": f"{tmp}/t", "student_distilled": f"{tmp}/d", "student_scratch": f"{tmp}/s"},
             te,
-            EvalConfig(latency_runs=5),
-            GateConfig(min_kd_gain=-100),
+            c["evaluate"],
+            c["gate"],
             f"{tmp}/r",
         )
-        stages.export_blessed(f"{tmp}/d", te, 16, f"{tmp}/e")
+        stages.export_blessed(f"{tmp}/d", te, c["export_check_images"], f"{tmp}/e")
     return time.perf_counter() - t0
 
 
-def docker_run() -> tuple[float, float]:
-    from components.image import IMAGE
-
+def docker_run(profile: str, overrides: dict[str, object]) -> float:
+    """The same pipeline through ``python -m local_runner run`` (one container per stage)."""
     (ROOT / "runs").mkdir(exist_ok=True)
     root = tempfile.mkdtemp(prefix="bench-docker-", dir=ROOT / "runs")
     os.chmod(root, 0o755)
+    params = [a for k, v in overrides.items() for a in ("--param", f"{k}={json.dumps(v)}")]
     t0 = time.perf_counter()
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "local_runner",
-            "run",
-            "--build",
-            "offline",
-            "--pipeline-root",
-            root,
-            *TINY,
-        ],
+        [sys.executable, "-m", "local_runner", "run", "--build", "offline"]
+        + ["--profile", profile, "--pipeline-root", root, *params],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -125,6 +114,13 @@ def docker_run() -> tuple[float, float]:
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(r.stderr[-2000:])
+    return wall
+
+
+def container_start() -> float:
+    """Median of 5: start a stage container and import the training library."""
+    from components.image import IMAGE
+
     starts = []
     for _ in range(5):
         t = time.perf_counter()
@@ -144,7 +140,7 @@ def docker_run() -> tuple[float, float]:
             capture_output=True,
         )
         starts.append(time.perf_counter() - t)
-    return wall, statistics.median(starts)
+    return statistics.median(starts)
 
 
 def main() -> None:
@@ -152,7 +148,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--docker", action="store_true")
+    ap.add_argument("--docker", action="store_true", help="compare the tiny pipeline with Docker")
+    ap.add_argument(
+        "--docker-pipelines",
+        nargs="+",
+        default=["tiny"],
+        choices=sorted(PIPELINES),
+        help="with --docker: which pipeline runs to compare (default: tiny)",
+    )
     ap.add_argument("--out", default="bench/results/cpu_speed.json")
     a = ap.parse_args()
     import keras
@@ -168,15 +171,19 @@ def main() -> None:
         "train_images_per_s": training_throughput(a.images),
     }
     if a.docker:
-        direct = direct_run()
-        docker_wall, start = docker_run()
-        out["pipeline_tiny"] = {
-            "direct_s": round(direct, 1),
-            "docker_s": round(docker_wall, 1),
-            "overhead_ratio": round(docker_wall / direct, 2),
-            "target_ratio": 1.5,
-            "container_start_import_kd_s": round(start, 2),
-        }
+        for name in a.docker_pipelines:
+            profile, overrides = PIPELINES[name]
+            direct = direct_run(profile, overrides)
+            docker_wall = docker_run(profile, overrides)
+            out[f"pipeline_{name}"] = {
+                "profile": profile,
+                "overrides": overrides,
+                "direct_s": round(direct, 1),
+                "docker_s": round(docker_wall, 1),
+                "overhead_ratio": round(docker_wall / direct, 2),
+                "target_ratio": 1.5,
+            }
+        out["container_start_import_kd_s"] = round(container_start(), 2)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))

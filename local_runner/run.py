@@ -126,39 +126,64 @@ def _stage_config(cls: type, prefix: str, params: dict[str, Any], **extra: Any) 
     return cls(**values)
 
 
+def _training_configs(params: dict[str, Any]) -> dict[str, Any]:
+    """The data split's and the two supervised trainings' configs (both pipelines have them)."""
+    return {
+        "split": SplitConfig(
+            source=params["source"],
+            val_fraction=params["val_fraction"],
+            seed=params["split_seed"],
+            train_per_class=params["train_per_class"],
+            test_per_class=params["test_per_class"],
+        ),
+        "teacher": _stage_config(TeacherConfig, "teacher_", params),
+        "student": _stage_config(StudentConfig, "student_", params),
+    }
+
+
+def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
+    """The config of every stage of the main pipeline, built from its parameters as the
+    components build them: ``split``, ``teacher``, ``student``, ``distill``, ``evaluate``,
+    ``gate``, and ``export_check_images``."""
+    return {
+        **_training_configs(params),
+        "distill": _stage_config(
+            DistillConfig,
+            "student_",
+            params,
+            temperature=params["temperature"],
+            alpha=params["alpha"],
+        ),
+        "evaluate": EvalConfig(
+            batch_size=params["eval_batch_size"], latency_runs=params["latency_runs"]
+        ),
+        "gate": GateConfig(min_kd_gain=params["min_kd_gain"], min_accuracy=params["min_accuracy"]),
+        "export_check_images": params["export_check_images"],
+    }
+
+
 def validate_params(params: dict[str, Any]) -> None:
     """Build every stage's config from the parameters: the same checks the stages make."""
-    SplitConfig(
-        source=params["source"],
-        val_fraction=params["val_fraction"],
-        seed=params["split_seed"],
-        train_per_class=params["train_per_class"],
-        test_per_class=params["test_per_class"],
-    )
-    _stage_config(TeacherConfig, "teacher_", params)
-    _stage_config(StudentConfig, "student_", params)
-    if "grid" in params:  # the sweep
-        grid = params["grid"]
-        if not isinstance(grid, list) or not grid:
-            raise RunnerError(
-                "parameter grid must be a non-empty JSON list of "
-                '{"temperature": T, "alpha": a}. Fix: e.g. --param '
-                'grid=\'[{"temperature": 4, "alpha": 0.1}]\''
-            )
-        for point in grid:
-            if not isinstance(point, dict) or set(point) != {"temperature", "alpha"}:
-                raise RunnerError(
-                    f"grid point {point!r} must have exactly the keys "
-                    "temperature and alpha. Fix: e.g. "
-                    '{"temperature": 4, "alpha": 0.1}'
-                )
-            _stage_config(DistillConfig, "student_", params, **point)
+    if "grid" not in params:
+        stage_configs(params)
         return
-    _stage_config(
-        DistillConfig, "student_", params, temperature=params["temperature"], alpha=params["alpha"]
-    )
-    EvalConfig(batch_size=params["eval_batch_size"], latency_runs=params["latency_runs"])
-    GateConfig(min_kd_gain=params["min_kd_gain"], min_accuracy=params["min_accuracy"])
+    # The sweep: its distillations take their temperature and alpha from the grid.
+    _training_configs(params)
+    grid = params["grid"]
+    if not isinstance(grid, list) or not grid:
+        raise RunnerError(
+            "parameter grid must be a non-empty JSON list of "
+            '{"temperature": T, "alpha": a}. Fix: e.g. --param '
+            'grid=\'[{"temperature": 4, "alpha": 0.1}]\''
+        )
+    for point in grid:
+        if not isinstance(point, dict) or set(point) != {"temperature", "alpha"}:
+            raise RunnerError(
+                f"grid point {point!r} must have exactly the keys "
+                "temperature and alpha. Fix: e.g. "
+                '{"temperature": 4, "alpha": 0.1}'
+            )
+        _stage_config(DistillConfig, "student_", params, **point)
 
 
 def check_source(source: str) -> Path | None:
