@@ -40,32 +40,18 @@ STAGES = ("teacher", "scratch", "distill")
 
 
 def build_stage(stage: str, preset: str, batch_size: int, steps: int, mixed: bool) -> Any:
-    """The compiled training model of ``stage`` as ``kd.train`` builds it."""
-    from kd import distill as kd_distill
+    """The compiled training model of ``stage``, from the builders ``kd.train`` trains with."""
     from kd.config import DistillConfig, StudentConfig, TeacherConfig
     from kd.models import build_model
-    from kd.train import make_optimizer, training_model
+    from kd.train import distill_trainer, supervised_trainer
 
     common = {"preset": preset, "batch_size": batch_size, "mixed_precision": mixed, "seed": 0}
     if stage == "distill":
-        cfg: Any = DistillConfig(**common)
         teacher = build_model(preset, "teacher", seed=1, mixed_precision=mixed)
-        student = build_model(preset, "student", seed=0, mixed_precision=mixed)
-        model = kd_distill.make_distiller(training_model(teacher), training_model(student), cfg)
-        kd_distill.compile_distiller(model, make_optimizer(cfg, steps), cfg)
-        return model
-    cfg = TeacherConfig(**common) if stage == "teacher" else StudentConfig(**common)
-    model = training_model(
-        build_model(
-            preset, "teacher" if stage == "teacher" else "student", seed=0, mixed_precision=mixed
-        )
-    )
-    model.compile(
-        optimizer=make_optimizer(cfg, steps),
-        loss=kd_distill.hard_loss(cfg.label_smoothing),
-        metrics=["accuracy"],
-    )
-    return model
+        return distill_trainer(teacher, DistillConfig(**common), steps)[1]
+    if stage == "teacher":
+        return supervised_trainer(TeacherConfig(**common), "teacher", steps)[1]
+    return supervised_trainer(StudentConfig(**common), "student", steps)[1]
 
 
 def _median_ms(fn: Any, steps: int, repeats: int) -> float:

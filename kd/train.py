@@ -42,7 +42,14 @@ import keras
 import numpy as np
 
 from kd import distill as kd_distill
-from kd.config import NUM_CLASSES, DistillConfig, StudentConfig, TeacherConfig, TrainConfig
+from kd.config import (
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    DistillConfig,
+    StudentConfig,
+    TeacherConfig,
+    TrainConfig,
+)
 from kd.errors import ArtifactError, ConfigError, DivergenceError
 from kd.models import build_model, count_params
 from kd.storage import atomic_path, write_text_atomic
@@ -54,7 +61,7 @@ INFO_FILE = "info.json"
 CHECKPOINT_DIR = "checkpoint"
 # Part of every checkpoint's fingerprint: a checkpoint of another layout (before training
 # models had the CropFlip front end) is discarded, not loaded into the wrong variables.
-CHECKPOINT_FORMAT = "fit-v3:"
+CHECKPOINT_FORMAT = "fit-v3"
 EVAL_BATCH = 512  # the largest validation batch
 
 
@@ -452,7 +459,13 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
 
 def _config_fingerprint(cfg: TrainConfig, extra: str) -> str:
     text = json.dumps(
-        {"cfg": dataclasses.asdict(cfg), "type": type(cfg).__name__, "extra": extra}, sort_keys=True
+        {
+            "format": CHECKPOINT_FORMAT,
+            "cfg": dataclasses.asdict(cfg),
+            "type": type(cfg).__name__,
+            "extra": extra,
+        },
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -659,6 +672,37 @@ def _data_fingerprint(train: tuple[np.ndarray, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def supervised_trainer(cfg: TrainConfig, role: str, steps: int) -> tuple[Any, Any]:
+    """The ``role`` model of ``cfg.preset`` and its compiled :func:`training_model` (hard-label
+    loss, the config's optimizer and schedule over ``steps`` steps per epoch)."""
+    model = build_model(cfg.preset, role, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
+    keras.utils.set_random_seed(cfg.seed)
+    trainer = training_model(model)
+    trainer.compile(
+        optimizer=make_optimizer(cfg, steps),
+        loss=kd_distill.hard_loss(cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model, trainer
+
+
+def distill_trainer(teacher: Any, cfg: DistillConfig, steps: int) -> tuple[Any, Any]:
+    """The student of ``cfg.preset`` and a compiled, built distiller from ``teacher``.
+
+    Teacher and student each sit behind the same :class:`CropFlip`: fed the same offsets,
+    they see the same augmented images.
+    """
+    student = build_model(cfg.preset, "student", seed=cfg.seed, mixed_precision=cfg.mixed_precision)
+    kd_distill.check_compatible(teacher, student)
+    distiller = kd_distill.make_distiller(training_model(teacher), training_model(student), cfg)
+    keras.utils.set_random_seed(cfg.seed)
+    kd_distill.compile_distiller(distiller, make_optimizer(cfg, steps), cfg)
+    # Built, so a resume can load.
+    image = np.zeros((1, *IMAGE_SHAPE), np.uint8)
+    distiller({IMAGE_KEY: image, AUGMENT_KEY: identity_augmentation(1)})
+    return student, distiller
+
+
 def train_supervised(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
@@ -676,15 +720,7 @@ def train_supervised(
     _validate_split("train", *train)
     _validate_split("validation", *val)
     out = Path(out_dir)
-    model = build_model(cfg.preset, role, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
-    keras.utils.set_random_seed(cfg.seed)
-    steps = steps_per_epoch(len(train[0]), cfg.batch_size)
-    trainer = training_model(model)
-    trainer.compile(
-        optimizer=make_optimizer(cfg, steps),
-        loss=kd_distill.hard_loss(cfg.label_smoothing),
-        metrics=["accuracy"],
-    )
+    model, trainer = supervised_trainer(cfg, role, steps_per_epoch(len(train[0]), cfg.batch_size))
     history = fit(
         trainer,
         train,
@@ -692,7 +728,7 @@ def train_supervised(
         cfg,
         out,
         name=stage,
-        fingerprint_extra=CHECKPOINT_FORMAT + _data_fingerprint(train),
+        fingerprint_extra=_data_fingerprint(train),
         log=log,
     )
     return _finish(model, history, out, cfg, role, stage)
@@ -745,16 +781,8 @@ def distill_student(
             "clipping diverged on the seed student in measurements; consider clipnorm=2"
         )
     out = Path(out_dir)
-    student = build_model(cfg.preset, "student", seed=cfg.seed, mixed_precision=cfg.mixed_precision)
-    kd_distill.check_compatible(teacher, student)
-    # Teacher and student each behind the same CropFlip: fed the same offsets, they see the
-    # same augmented images.
-    distiller = kd_distill.make_distiller(training_model(teacher), training_model(student), cfg)
-    keras.utils.set_random_seed(cfg.seed)
     steps = steps_per_epoch(len(train[0]), cfg.batch_size)
-    kd_distill.compile_distiller(distiller, make_optimizer(cfg, steps), cfg)
-    # Built, so a resume can load.
-    distiller({IMAGE_KEY: train[0][:1], AUGMENT_KEY: identity_augmentation(1)})
+    student, distiller = distill_trainer(teacher, cfg, steps)
     history = fit(
         distiller,
         train,
@@ -762,7 +790,7 @@ def distill_student(
         cfg,
         out,
         name="distill_student",
-        fingerprint_extra=CHECKPOINT_FORMAT + _data_fingerprint(train) + str(count_params(teacher)),
+        fingerprint_extra=_data_fingerprint(train) + str(count_params(teacher)),
         log=log,
     )
     return _finish(student, history, out, cfg, "student", "distill_student")
