@@ -171,11 +171,12 @@ def main() -> None:
         "train_images_per_s": training_throughput(a.images),
     }
     if a.docker:
-        # Build (or check) the image first: a rebuild must not count as run time.
+        # Build (or check) the image first, as the runner does: a rebuild must not count as
+        # run time.
         from components.image import IMAGE
+        from local_runner.run import ensure_image
 
-        build = ["bash", str(ROOT / "docker" / "build.sh"), "--offline", "--tag", IMAGE]
-        subprocess.run(build, cwd=ROOT, check=True, capture_output=True)
+        ensure_image(IMAGE, "offline", None)
         for name in a.docker_pipelines:
             profile, overrides = PIPELINES[name]
             direct = direct_run(profile, overrides)
