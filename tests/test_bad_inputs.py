@@ -23,6 +23,7 @@ submissions use the fake KFP/Vertex servers of ``tests/fake_servers.py``.
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import io
 import os
@@ -214,14 +215,23 @@ def binary_dir(folder: Path, a: CifarArrays = A) -> Path:
     return folder
 
 
+def _fixed_times(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mtime = 0
+    return info
+
+
 def tar_gz(folder: Path, archive: Path, extra: tuple[tarfile.TarInfo, ...] = ()) -> Path:
-    with tarfile.open(archive, "w:gz") as tf:
-        tf.add(folder, arcname=folder.name)
+    """``folder`` as a .tar.gz, the same bytes on every run (no timestamps): the damaged-archive
+    cases invert bytes at fixed offsets, and what the damage breaks first must not vary."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.add(folder, arcname=folder.name, filter=_fixed_times)
         for info in extra:
             data = b"evil" if info.isfile() else None
             if data is not None:
                 info.size = len(data)
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    archive.write_bytes(gzip.compress(buf.getvalue(), mtime=0))
     return archive
 
 
