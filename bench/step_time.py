@@ -1,8 +1,8 @@
 """Where a training step's time goes, on JAX: Keras's loop, the dispatch, the device.
 
     KERAS_BACKEND=jax python -m bench.step_time [--preset seed] [--batch-size 256] \
-        [--steps 150] [--scan 8] [--mixed-precision] [--stages teacher scratch distill] \
-        --out FILE.json
+        [--steps 150] [--scan 8] [--mixed-precision] [--stages teacher scratch distill host] \
+        [--trace DIR [--trace-steps 20]] --out FILE.json
 
 For each stage it builds the training model exactly as ``kd.train`` does (the ``CropFlip``
 front end, the optimizer and schedule, the distiller with its frozen teacher) and times one
@@ -19,10 +19,19 @@ step three ways, each in ms per step (median of ``--repeats`` timings):
   backend runs the rolled loop of a train step about 14x slower than single steps, measured
   on the development machine, so there only the unrolled figure means anything).
 
+Stage ``host`` is a stand-in whose model reads four pixels into one small dense layer: the
+device has next to nothing to do, so its ``fit`` time per step is the host's own (the batch,
+its transfer, Keras's loop, the dispatch), to set against the real stages' steps.
+
 ``fit - jit`` is the input pipeline and Keras's loop; ``jit - scan`` the per-step dispatch.
 Before timing, the scan's result is checked against ``--scan`` single steps from the same
 state (same loss), so both time the same work. The device and host time of a real epoch are
 what ``bench.gpu_speed`` measures; this splits its per-step part.
+
+``--trace DIR`` then records, per stage, JAX profiler traces of ``--trace-steps`` steps of the
+jitted loop (``DIR/<stage>-jit``) and of a ``fit`` epoch of that many batches
+(``DIR/<stage>-fit``), each with a ``meta.json`` (steps, wall seconds); ``bench.trace_summary``
+turns them into the device's busy time, kernels and copies per step.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-STAGES = ("teacher", "scratch", "distill")
+STAGES = ("teacher", "scratch", "distill", "host")
 
 
 def build_stage(stage: str, preset: str, batch_size: int, steps: int, mixed: bool) -> Any:
@@ -46,12 +55,35 @@ def build_stage(stage: str, preset: str, batch_size: int, steps: int, mixed: boo
     from kd.train import distill_trainer, supervised_trainer
 
     common = {"preset": preset, "batch_size": batch_size, "mixed_precision": mixed, "seed": 0}
+    if stage == "host":
+        return host_stand_in(StudentConfig(**common), steps)
     if stage == "distill":
         teacher = build_model(preset, "teacher", seed=1, mixed_precision=mixed)
         return distill_trainer(teacher, DistillConfig(**common), steps)[1]
     if stage == "teacher":
         return supervised_trainer(TeacherConfig(**common), "teacher", steps)[1]
     return supervised_trainer(StudentConfig(**common), "student", steps)[1]
+
+
+def host_stand_in(cfg: Any, steps: int) -> Any:
+    """A compiled model with the training models' inputs and next to no device work: the
+    mean of four pixels of each image into one dense layer (the ``host`` stage)."""
+    import keras
+
+    from kd.distill import hard_loss
+    from kd.train import AUGMENT_KEY, IMAGE_KEY, make_optimizer
+
+    image = keras.Input((32, 32, 3), dtype="uint8", name=IMAGE_KEY)
+    params = keras.Input((3,), dtype="int32", name=AUGMENT_KEY)
+    corner = keras.layers.Lambda(
+        lambda t: keras.ops.mean(keras.ops.cast(t[:, :2, :2, :], "float32"), axis=(1, 2)),
+        output_shape=(3,),
+        name="corner_mean",
+    )(image)
+    logits = keras.layers.Dense(10, name="logits")(corner)
+    model = keras.Model({IMAGE_KEY: image, AUGMENT_KEY: params}, logits, name="host_stand_in")
+    model.compile(optimizer=make_optimizer(cfg, steps), loss=hard_loss(0.0), metrics=["accuracy"])
+    return model
 
 
 def _median_ms(fn: Any, steps: int, repeats: int) -> float:
@@ -63,10 +95,59 @@ def _median_ms(fn: Any, steps: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _write_meta(folder: Path, steps: int, wall_s: float) -> None:
+    (folder / "meta.json").write_text(json.dumps({"steps": steps, "wall_s": wall_s}))
+
+
+def trace_fit(model: Any, seq: Any, folder: Path) -> None:
+    """A JAX profiler trace of ``fit``'s second epoch over ``seq`` (the first may compile);
+    the wall time runs from the epoch's start to its end, once its logs are on the host."""
+    import jax
+    import keras
+
+    class TraceEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            if epoch == 1:
+                jax.profiler.start_trace(str(folder))
+                self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if epoch == 1:
+                wall = time.perf_counter() - self.t0
+                jax.profiler.stop_trace()
+                _write_meta(folder, len(seq), wall)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.fit(seq, epochs=2, verbose=0, shuffle=False, callbacks=[TraceEpoch()])
+
+
+def trace_loop(run: Any, steps: int, folder: Path) -> None:
+    """A JAX profiler trace of ``run()`` (``steps`` training steps, synchronised at the end)."""
+    import jax
+
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.profiler.start_trace(str(folder))
+    t0 = time.perf_counter()
+    run()
+    wall = time.perf_counter() - t0
+    jax.profiler.stop_trace()
+    _write_meta(folder, steps, wall)
+
+
 def time_stage(
-    model: Any, seq: Any, steps: int, scan: int, repeats: int, unroll: bool = False
+    model: Any,
+    seq: Any,
+    steps: int,
+    scan: int,
+    repeats: int,
+    unroll: bool = False,
+    trace: tuple[Path, str, Any] | None = None,
 ) -> dict[str, Any]:
-    """ms per step through ``fit``, a jitted loop and a scan (see the module docstring)."""
+    """ms per step through ``fit``, a jitted loop and a scan (see the module docstring).
+
+    ``trace``: ``(folder, stage, short sequence)``: also trace a ``fit`` epoch over the short
+    sequence and as many steps of the jitted loop (:func:`trace_fit`, :func:`trace_loop`).
+    """
     import jax
     import keras
     import numpy as np
@@ -85,6 +166,9 @@ def time_stage(
     timer = EpochTimes()
     model.fit(seq, epochs=1 + repeats, verbose=0, shuffle=False, callbacks=[timer])
     fit_ms = statistics.median(t * 1000 / steps for t in timer.times[1:])
+    if trace is not None:  # before the loops below donate the model's variables
+        folder, stage, short = trace
+        trace_fit(model, short, folder / f"{stage}-fit")
 
     state = model._get_jax_state(
         trainable_variables=True,
@@ -98,8 +182,14 @@ def time_stage(
         logs, carry = model.train_step(carry, data)
         return carry, logs["loss"]
 
-    one = jax.jit(lambda s, d: body(s, d), donate_argnums=0)
-    many = jax.jit(lambda s, ds: jax.lax.scan(body, s, ds, unroll=unroll), donate_argnums=0)
+    def one_step(s: Any, d: Any) -> Any:
+        return body(s, d)
+
+    def scanned_steps(s: Any, ds: Any) -> Any:
+        return jax.lax.scan(body, s, ds, unroll=unroll)
+
+    one = jax.jit(one_step, donate_argnums=0)
+    many = jax.jit(scanned_steps, donate_argnums=0)
     stacked = jax.tree_util.tree_map(lambda a: jax.numpy.stack([a] * scan), batch)
 
     # The scan does the work of `scan` single steps: same losses from the same state.
@@ -131,6 +221,18 @@ def time_stage(
 
     run_jit()  # warm (first call of the loop after the check)
     jit_ms = _median_ms(run_jit, steps, repeats)
+    if trace is not None:
+        folder, stage, short = trace
+        n = len(short)
+
+        def run_short() -> None:
+            s = holder["state"]
+            for _ in range(n):
+                s, _ = one(s, batch)
+            jax.block_until_ready(s)
+            holder["state"] = s
+
+        trace_loop(run_short, n, folder / f"{stage}-jit")
     run_scan()
     scan_ms = _median_ms(run_scan, steps // scan * scan, repeats)
     return {
@@ -155,6 +257,10 @@ def main() -> None:
     ap.add_argument("--unroll", action="store_true", help="unroll the scan's loop")
     ap.add_argument("--mixed-precision", action="store_true")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument(
+        "--trace", type=Path, help="also write JAX profiler traces here (bench.trace_summary)"
+    )
+    ap.add_argument("--trace-steps", type=int, default=20, help="steps per trace")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import keras
@@ -164,6 +270,8 @@ def main() -> None:
         ap.error("this benchmark times JAX's compiled steps: run it with KERAS_BACKEND=jax")
     if args.steps < args.scan or args.scan < 1:
         ap.error("--scan must be between 1 and --steps")
+    if not 1 <= args.trace_steps <= args.steps:
+        ap.error("--trace-steps must be between 1 and --steps")
     from kd.evaluate import machine_info
     from kd.train import BatchSequence
 
@@ -184,8 +292,13 @@ def main() -> None:
     for stage in args.stages:
         model = build_stage(stage, args.preset, args.batch_size, args.steps, args.mixed_precision)
         seq = BatchSequence(x, y, args.batch_size, seed=0, shuffle=True, augment=True)
+        trace = None
+        if args.trace is not None:
+            k = args.trace_steps * args.batch_size
+            short = BatchSequence(x[:k], y[:k], args.batch_size, seed=0, shuffle=True, augment=True)
+            trace = (args.trace, stage, short)
         result["stages"][stage] = time_stage(
-            model, seq, args.steps, args.scan, args.repeats, args.unroll
+            model, seq, args.steps, args.scan, args.repeats, args.unroll, trace
         )
         print(json.dumps({stage: result["stages"][stage]}), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -112,15 +112,111 @@ def test_step_time_splits_a_training_step_on_jax(tmp_path):
     import json
 
     pytest.importorskip("jax")
-    r = _step_time(tmp_path, "jax", "--repeats", "1", "--unroll")
+    pytest.importorskip("tensorflow")  # the trace's protobuf classes
+    from bench.trace_summary import host_calls, read_space, summarize_dir
+
+    traces = tmp_path / "traces"
+
+    def trace_of(run):
+        return next((traces / run).rglob("*.xplane.pb"))
+
+    r = _step_time(
+        tmp_path, "jax", "--repeats", "1", "--unroll", "--stages", "scratch", "host",
+        "--trace", str(traces), "--trace-steps", "3",
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "s.json").read_text())
     assert result["scan"] == {"steps_per_call": 2, "unrolled": True}
-    stage = result["stages"]["scratch"]
-    assert min(stage["fit_ms_per_step"], stage["jit_ms_per_step"], stage["scan_ms_per_step"]) > 0
-    assert stage["input_and_keras_loop_ms"] == pytest.approx(
-        stage["fit_ms_per_step"] - stage["jit_ms_per_step"]
+    assert set(result["stages"]) == {"scratch", "host"}
+    for stage in result["stages"].values():
+        assert (
+            min(stage["fit_ms_per_step"], stage["jit_ms_per_step"], stage["scan_ms_per_step"]) > 0
+        )
+        assert stage["input_and_keras_loop_ms"] == pytest.approx(
+            stage["fit_ms_per_step"] - stage["jit_ms_per_step"]
+        )
+    # The stand-in leaves the device next to nothing: its steps are far cheaper.
+    assert (
+        result["stages"]["host"]["jit_ms_per_step"] < result["stages"]["scratch"]["jit_ms_per_step"]
     )
+    # One fit epoch and one jitted loop of 3 steps traced per stage; on the CPU there is no
+    # device plane, and the host's calls of the compiled step are in the trace.
+    runs = summarize_dir(traces)
+    assert set(runs) == {"scratch-fit", "scratch-jit", "host-fit", "host-jit"}
+    for name, run in runs.items():
+        assert run["steps"] == 3 and run["device"] is None and run["wall_ms_per_step"] > 0
+        assert run["host_top"], name
+        calls = host_calls(read_space(trace_of(name)))
+        step = "PjitFunction(train_step)" if name.endswith("fit") else "PjitFunction(one_step)"
+        assert calls[step][1] >= 3, (name, sorted(calls)[:20])
+        assert not any("step_time.py" in n or "profiler.py" in n for n in calls)
+    # fit's batches come from kd.train.BatchSequence; the jitted loop has none.
+    assert any(n.endswith(" __getitem__") for n in host_calls(read_space(trace_of("host-fit"))))
+    assert not any(n.endswith(" __getitem__") for n in host_calls(read_space(trace_of("host-jit"))))
+
+
+def _gpu_space():
+    """An XSpace shaped like a GPU trace: two stream lines, a line derived from them, and the
+    host's Python frames."""
+    xplane_pb2 = pytest.importorskip("tensorflow.tsl.profiler.protobuf.xplane_pb2")
+    space = xplane_pb2.XSpace()
+    gpu = space.planes.add(id=1, name="/device:GPU:0")
+    names = {1: "loop_add_fusion", 2: "cutlass_gemm", 3: "MemcpyH2D", 4: "jit_train_step(7)"}
+    for i, n in names.items():
+        gpu.event_metadata[i].id = i
+        gpu.event_metadata[i].name = n
+    us = 1_000_000  # picoseconds
+
+    def add(line, meta, start_us, dur_us):
+        line.events.add(metadata_id=meta, offset_ps=start_us * us, duration_ps=dur_us * us)
+
+    compute = gpu.lines.add(id=7, name="Stream #7(Compute)", timestamp_ns=1000)
+    add(compute, 1, 0, 10)  # [0, 10) us
+    add(compute, 2, 40, 20)  # [40, 60)
+    add(compute, 1, 100, 8)  # [100, 108)
+    copies = gpu.lines.add(id=8, name="Stream #8(MemcpyH2D)", timestamp_ns=1000)
+    add(copies, 3, 5, 10)  # [5, 15): overlaps the first kernel
+    add(copies, 3, 70, 4)  # [70, 74)
+    derived = gpu.lines.add(id=9, name="XLA Modules", timestamp_ns=1000)
+    add(derived, 4, 0, 110)  # a whole step: must not be counted again
+    host = space.planes.add(id=2, name="/host:CPU")
+    frames = {1: "$train.py:271 __getitem__", 2: "PjitFunction(train_step)", 3: "$step_time.py:9 x"}
+    for i, n in frames.items():
+        host.event_metadata[i].id = i
+        host.event_metadata[i].name = n
+    py = host.lines.add(id=1, name="python", timestamp_ns=1000)
+    for k in range(2):
+        add(py, 1, 200 * k, 30)
+        add(py, 2, 200 * k + 40, 50)
+    add(py, 3, 0, 400)
+    return space
+
+
+def test_trace_summary_counts_device_time_once_and_splits_kernels_from_copies():
+    from bench.trace_summary import summarize
+
+    r = summarize(_gpu_space(), steps=2, wall_s=400e-6)
+    assert r["device"] == "/device:GPU:0"
+    # Union of [0,15) [40,60) [70,74) [100,108) = 47 us over 2 steps; the derived line and the
+    # overlap of copy and kernel are counted once.
+    assert r["device_busy_ms_per_step"] == pytest.approx(0.0235)
+    assert r["wall_ms_per_step"] == pytest.approx(0.2)
+    assert r["device_busy_fraction"] == pytest.approx(47 / 400)
+    assert r["kernels_per_step"] == 1.5 and r["copies_per_step"] == 1.0
+    assert r["mean_kernel_us"] == pytest.approx(38 / 3)
+    assert r["copy_ms_per_step"] == pytest.approx(0.007)
+    assert r["top_kernels"][0] == {
+        "name": "cutlass_gemm",
+        "ms_per_step": pytest.approx(0.01),
+        "launches_per_step": 0.5,
+    }
+    host = {h["name"]: (h["ms_per_step"], h["calls_per_step"]) for h in r["host_top"]}
+    assert host == {
+        "PjitFunction(train_step)": (pytest.approx(0.05), 1.0),
+        "$train.py:271 __getitem__": (pytest.approx(0.03), 1.0),
+    }  # the bench's own frame left out
+    with pytest.raises(ValueError, match="steps >= 1"):
+        summarize(_gpu_space(), steps=0, wall_s=1.0)
 
 
 def test_step_time_refuses_another_backend_before_building_anything(tmp_path):
