@@ -7,7 +7,10 @@
 #   bash bench/gpu_session.sh speed      # bench.gpu_speed: seed preset in float32 and bfloat16,
 #                                        # resnet preset in bfloat16 (3 epochs a stage)
 #   bash bench/gpu_session.sh steps      # bench.step_time: a training step through fit, as a
-#                                        # jitted loop and as a scan of 8 (not yet run on a GPU)
+#                                        # jitted loop and as a scan of 8, per stage and for the
+#                                        # host stand-in, with profiler traces of 20 steps
+#                                        # (read here: python -m bench.trace_summary); not yet
+#                                        # run on a GPU
 #   bash bench/gpu_session.sh data       # part 2, unpack + SHA-256 check -> /root/cifar10
 #   bash bench/gpu_session.sh wall       # the three trainings of the seed preset, 60 epochs,
 #                                        # bfloat16, alone on the GPU, teacher and scratch at
@@ -16,7 +19,8 @@
 #                         # at once on the one GPU: seed preset, 3 seeds, SEED_EPOCHS (60;
 #                         # 0 skips it);
 #                         # resnet at the most epochs that fit before DEADLINE
-#                         # (bench/plan_epochs.py, from the speeds measured above): 3 seeds
+#                         # (bench/plan_epochs.py, from the speeds measured above, else the
+#                         # committed H200 ones): 3 seeds
 #                         # if that is >= RESNET_MIN_EPOCHS (80), else 1 seed for longer
 #                         # (a short schedule would only repeat the 30-epoch result); its
 #                         # students (BatchNorm) at peak lr RESNET_STUDENT_LR (0.1). SHARING
@@ -51,7 +55,8 @@ speed)
   cp /root/res/gpu-speed*.json "$OUT/"
   ;;
 steps)
-  python3 -m bench.step_time --out /root/res/step-time.json 2>&1 | tee /root/res/step-time.log
+  python3 -m bench.step_time --trace /root/res/traces --out /root/res/step-time.json 2>&1 \
+    | tee /root/res/step-time.log
   cp /root/res/step-time.json "$OUT/"
   ;;
 data)
@@ -69,12 +74,15 @@ wall)
   ;;
 accuracy)
   export JAX_COMPILATION_CACHE_DIR=/root/jax-cache  # the seeds of a preset compile once
+  # Speeds for the plan: this session's `speed` phase, else the committed H200 figures.
+  speeds=/root/res
+  [ -f /root/res/gpu-speed-resnet.json ] || speeds=bench/results/h200
   seed_e=${SEED_EPOCHS:-60}
   seconds=$(( ${DEADLINE:?set DEADLINE, the epoch second the runs must end by} - $(date +%s) - 20 ))
   plan() {
     python3 -m bench.plan_epochs --precision bfloat16 --seconds "$seconds" --seeds 3 \
       --sharing "${SHARING:-1.0}" \
-      --speed seed=/root/res/gpu-speed.json --speed resnet=/root/res/gpu-speed-resnet.json \
+      --speed seed="$speeds/gpu-speed.json" --speed resnet="$speeds/gpu-speed-resnet.json" \
       --fixed seed="$seed_e" --fill resnet --fill-seeds "$1" | cut -d" " -f2
   }
   res_seeds=(0 1 2)
