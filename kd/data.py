@@ -630,13 +630,27 @@ def _pick_tar_members(
     )
 
 
+def _read_to_end(tf: tarfile.TarFile) -> None:
+    """Read the archive's (decompressed) stream to its end, where gzip, bz2 and xz check it."""
+    while tf.fileobj is not None and tf.fileobj.read(1 << 20):
+        pass
+
+
 def _load_tar(path: Path) -> CifarArrays:
     parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
         with tarfile.open(path, "r:*") as tf:
             members = tf.getmembers()
             _check_tar_members(members, path)  # before reading any member's data
-            fmt, names, chosen = _pick_tar_members(members, path)
+            try:
+                fmt, names, chosen = _pick_tar_members(members, path)
+            except DataError:
+                # tarfile ends its member list, silently, at the first header it cannot
+                # parse: a damaged archive can look like an incomplete one. Read the
+                # compressed stream to its end first, so that its checksum names damage as
+                # such (the handlers below).
+                _read_to_end(tf)
+                raise
             # read in archive order: a compressed stream only seeks forward cheaply
             for name in sorted(names, key=lambda n: chosen[n].offset_data):
                 f = tf.extractfile(chosen[name])
@@ -647,8 +661,7 @@ def _load_tar(path: Path) -> CifarArrays:
                 del blob
             # gzip/bz2/xz verify their checksum only at the end of the stream: read to it, so
             # a corrupted byte inside a member already read is refused, not loaded
-            while tf.fileobj is not None and tf.fileobj.read(1 << 20):
-                pass
+            _read_to_end(tf)
     except DataError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:

@@ -220,9 +220,12 @@ def _fixed_times(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def tar_gz(folder: Path, archive: Path, extra: tuple[tarfile.TarInfo, ...] = ()) -> Path:
+def tar_gz(
+    folder: Path, archive: Path, extra: tuple[tarfile.TarInfo, ...] = (), level: int = 9
+) -> Path:
     """``folder`` as a .tar.gz, the same bytes on every run (no timestamps): the damaged-archive
-    cases invert bytes at fixed offsets, and what the damage breaks first must not vary."""
+    cases invert bytes at fixed offsets, and what the damage breaks first must not vary.
+    ``level`` 0 stores the tar bytes uncompressed inside the gzip stream."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         tf.add(folder, arcname=folder.name, filter=_fixed_times)
@@ -231,7 +234,7 @@ def tar_gz(folder: Path, archive: Path, extra: tuple[tarfile.TarInfo, ...] = ())
             if data is not None:
                 info.size = len(data)
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
-    archive.write_bytes(gzip.compress(buf.getvalue(), mtime=0))
+    archive.write_bytes(gzip.compress(buf.getvalue(), compresslevel=level, mtime=0))
     return archive
 
 
@@ -294,6 +297,21 @@ def _damaged_tar(offset: Callable[[int], int]) -> Callable[[Path], str]:
         return str(bad)
 
     return build
+
+
+def src_corrupt_tar_header(tmp: Path) -> str:
+    """Damage on a member's tar header: tarfile ends its member list at a header it cannot
+    parse, so the archive would read as merely incomplete; its gzip checksum says corrupt.
+    (Stored uncompressed, so the damage lands exactly on the header of data_batch_3.)"""
+    good = tar_gz(python_dir(tmp / "cifar-10-batches-py"), tmp / "good.tar.gz", level=0)
+    blob = bytearray(good.read_bytes())
+    start = blob.find(b"cifar-10-batches-py/data_batch_3\x00")
+    assert start > 0
+    for i in range(start, start + 64):
+        blob[i] ^= 0xFF
+    bad = tmp / "cifar-10-python.tar.gz"
+    bad.write_bytes(bytes(blob))
+    return str(bad)
 
 
 def src_truncated_binary(tmp: Path) -> str:
@@ -474,6 +492,12 @@ DATA_CASES = [
         DataError,
         ("{source}", "CRC check failed"),
         id="corrupt-tar-gz-checksum",
+    ),
+    pytest.param(
+        src_corrupt_tar_header,
+        DataError,
+        ("{source}", "CRC check failed", "it is truncated, corrupt"),
+        id="corrupt-tar-gz-header",
     ),
     pytest.param(
         src_truncated_binary,
