@@ -6,6 +6,10 @@
 #   bash bench/gpu_session.sh setup      # wheels -> /root/site, part 1 -> /root/chunks, GPU info
 #   bash bench/gpu_session.sh speed      # bench.gpu_speed: seed preset in float32 and bfloat16,
 #                                        # resnet preset in bfloat16 (3 epochs a stage)
+#   bash bench/gpu_session.sh inputs     # bench.gpu_speed, seed preset, float32, with the
+#                                        # batches gathered on the host (the input path before
+#                                        # session 4): against `speed`'s float32 run, what
+#                                        # gathering them on the device saves
 #   bash bench/gpu_session.sh steps      # bench.step_time: a training step through fit, as a
 #                                        # jitted loop and as a scan of 8, per stage and for the
 #                                        # host stand-in, with profiler traces of 20 steps
@@ -53,6 +57,13 @@ speed)
     --precisions bfloat16 --out /root/res/gpu-speed-resnet.json 2>&1 \
     | tee /root/res/gpu-speed-resnet.log | quiet
   cp /root/res/gpu-speed*.json "$OUT/"
+  ;;
+inputs)
+  python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
+    --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 --precisions float32 \
+    --host-batches --out /root/res/gpu-speed-host-batches.json 2>&1 \
+    | tee /root/res/gpu-speed-host-batches.log | quiet
+  cp /root/res/gpu-speed-host-batches.json "$OUT/"
   ;;
 steps)
   python3 -m bench.step_time --trace /root/res/traces --out /root/res/step-time.json 2>&1 \

@@ -119,6 +119,19 @@ def run_precision(
     return out
 
 
+def use_host_batches() -> None:
+    """Make ``kd.train`` build its batch sequences with ``on_device=False``."""
+    from kd import train as kt
+
+    device_batches = kt.BatchSequence
+
+    class HostBatches(device_batches):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "on_device": False})
+
+    kt.BatchSequence = HostBatches
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -132,10 +145,18 @@ def main() -> None:
     ap.add_argument(
         "--precisions", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"]
     )
+    ap.add_argument(
+        "--host-batches",
+        action="store_true",
+        help="gather each batch on the host and send its pixels (the input path before "
+        "batches were gathered on the device), to compare the two on one machine",
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (the first epoch includes compilation)")
+    if args.host_batches:
+        use_host_batches()
     import keras
     import numpy as np
 
@@ -160,6 +181,7 @@ def main() -> None:
         "machine": machine_info(),
         "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
         "data": {"source": args.data, "train_images": len(train[0]), "val_images": len(val[0])},
+        "batches_gathered_on": "host" if args.host_batches else "device where the backend is JAX",
         "precisions": {},
     }
     for precision in args.precisions:

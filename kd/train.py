@@ -5,9 +5,11 @@ All three go through :func:`fit`, which adds what a production run needs around
 
 - **Augmentation** (random crop from a 4-pixel zero-padded image, horizontal flip) inside the
   compiled training step (:func:`crop_flip`, :func:`training_model`): the host sends the
-  batch's uint8 images plus per-image crop offsets and flips drawn from a generator keyed by
-  ``(seed, epoch, batch)``, so the same seed gives the same batches, also after a resume. The
-  distiller's teacher and student get the same offsets, so they see the same augmented batch.
+  batch's uint8 images (on JAX, the data sits on the device and the batch is gathered there
+  from its indices: :class:`BatchSequence`) plus per-image crop offsets and flips drawn from
+  a generator keyed by ``(seed, epoch, batch)``, so the same seed gives the same batches,
+  also after a resume. The distiller's teacher and student get the same offsets, so they see
+  the same augmented batch.
 - **Optimiser and schedule** from the config: SGD with Nesterov momentum (or Adam/AdamW),
   decoupled weight decay, linear warm-up then cosine decay, optional global-norm clipping.
 - **A checkpoint every epoch and resume after a kill** (:class:`EpochCheckpoint`, under
@@ -199,17 +201,34 @@ def training_model(model: Any, pad: int = 4) -> Any:
     return keras.Model({IMAGE_KEY: image, AUGMENT_KEY: params}, model(x), name=f"{model.name}_fit")
 
 
+def _device_gather(x: np.ndarray, y: np.ndarray) -> tuple[Any, Any, Any]:
+    """``x`` and ``y`` on JAX's default device, and a compiled gather of rows from them."""
+    import jax
+
+    def take(xs: Any, ys: Any, idx: Any) -> tuple[Any, Any]:
+        return xs[idx], ys[idx]
+
+    return jax.device_put(x), jax.device_put(y), jax.jit(take)
+
+
 class BatchSequence(keras.utils.PyDataset):
     """Batches of ``({"image": uint8 images, "augment": (oy, ox, flip) rows}, labels)``,
     shuffled per epoch, for a :func:`training_model`; with ``drop_remainder`` only full
     batches (:func:`steps_per_epoch`).
 
-    The host only gathers the batch's uint8 images and draws the crop offsets and flips (the
-    crop and flip run on the device): the order and the augmentation of batch ``i`` in epoch
-    ``e`` depend only on ``(seed, e, i)``. The epoch is counted from the requests themselves
-    (a request for batch 0 after the last batch starts the next epoch), so it stays right
+    The host only picks the batch's images and draws the crop offsets and flips (the crop and
+    flip run on the device): the order and the augmentation of batch ``i`` in epoch ``e``
+    depend only on ``(seed, e, i)``. The epoch is counted from the requests themselves (a
+    request for batch 0 after the last batch starts the next epoch), so it stays right
     however far ahead the backend's input pipeline prefetches; ``start_epoch`` is where a
     resumed run begins. Without ``augment`` the rows are the identity ``(pad, pad, 0)``.
+
+    ``on_device`` (default: on the JAX backend) puts the images and labels on the backend's
+    default device once, here, and gathers each batch there from the batch's indices: a step
+    then moves a few bytes per image to the device instead of its 3,072 pixels, and the host
+    copies no pixels. The batches are the same bytes either way (tested). On TensorFlow the
+    input pipeline wraps the sequence in a ``tf.data`` generator, which would copy device
+    tensors back to the host, so there the host gathers the batch.
     """
 
     def __init__(
@@ -224,10 +243,16 @@ class BatchSequence(keras.utils.PyDataset):
         start_epoch: int = 0,
         pad: int = 4,
         drop_remainder: bool = False,
+        on_device: bool | None = None,
     ) -> None:
         super().__init__()
         self.drop_remainder = drop_remainder
         self.x, self.y = x, y.astype(np.int32)
+        if on_device is None:
+            on_device = keras.backend.backend() == "jax"
+        self._device: tuple[Any, Any, Any] | None = None
+        if on_device:
+            self._device = _device_gather(self.x, self.y)
         self.batch_size, self.seed, self.pad = batch_size, seed, pad
         self.shuffle, self.augment = shuffle, augment
         self.start_epoch = self.epoch = start_epoch
@@ -259,14 +284,18 @@ class BatchSequence(keras.utils.PyDataset):
             idx = self._ordering()[i * self.batch_size : (i + 1) * self.batch_size]
         finally:
             self.epoch = saved
-        xb = self.x[idx]
+        if self._device is not None:
+            x_dev, y_dev, take = self._device
+            xb, yb = take(x_dev, y_dev, idx.astype(np.int32))
+        else:
+            xb, yb = self.x[idx], self.y[idx]
         if self.augment:
             params = draw_augmentation(
                 np.random.default_rng([self.seed, epoch, i, 1]), len(idx), self.pad
             )
         else:
             params = identity_augmentation(len(idx), self.pad)
-        return {IMAGE_KEY: xb, AUGMENT_KEY: params}, self.y[idx]
+        return {IMAGE_KEY: xb, AUGMENT_KEY: params}, yb
 
     def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         if i == 0 and self._last == len(self) - 1:

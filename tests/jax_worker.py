@@ -6,6 +6,7 @@ import sys
 import keras
 import numpy as np
 
+from kd import train as kt
 from kd.config import DistillConfig, StudentConfig
 from kd.data import load_cifar10
 from kd.distill import kd_loss_reference, make_distiller
@@ -40,6 +41,39 @@ tr, va = (
 cfg = {"epochs": 2, "batch_size": 50, "divergence_check_epoch": 0}
 train_student_scratch(tr, va, StudentConfig(**cfg), f"{out}/scratch", log=lambda m: None)
 teacher = load_model(f"{out}/scratch")
+
+# Device-resident batches (the default on JAX) against batches the host gathers: the same
+# bytes, a partial last batch included, and the same training to the bit.
+x, yb = data.x_train[:70], data.y_train[:70]
+dev = kt.BatchSequence(x, yb, 32, seed=3, shuffle=True, augment=True)
+host = kt.BatchSequence(x, yb, 32, seed=3, shuffle=True, augment=True, on_device=False)
+same_batches, device_arrays = True, True
+for epoch in range(2):
+    for i in range(len(dev)):  # 32, 32, 6
+        (a_in, a_y), (b_in, b_y) = dev.batch(epoch, i), host.batch(epoch, i)
+        device_arrays &= not isinstance(a_in["image"], np.ndarray)
+        same_batches &= a_in["image"].shape == b_in["image"].shape
+        same_batches &= np.array_equal(np.asarray(a_in["image"]), b_in["image"])
+        same_batches &= np.array_equal(a_in["augment"], b_in["augment"])
+        same_batches &= np.array_equal(np.asarray(a_y), b_y)
+
+
+class HostBatches(kt.BatchSequence):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, on_device=False, **kwargs)
+
+
+kt.BatchSequence = HostBatches
+try:
+    train_student_scratch(tr, va, StudentConfig(**cfg), f"{out}/scratch-host", log=lambda m: None)
+finally:
+    kt.BatchSequence = HostBatches.__bases__[0]
+same_training = all(
+    np.array_equal(a, b)
+    for a, b in zip(
+        teacher.get_weights(), load_model(f"{out}/scratch-host").get_weights(), strict=True
+    )
+)
 before = [w.copy() for w in teacher.get_weights()]
 res = distill_student(teacher, tr, va, DistillConfig(**cfg), f"{out}/distill", log=lambda m: None)
 unchanged = all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights(), strict=True))
@@ -52,6 +86,9 @@ print(
             "teacher_unchanged": unchanged,
             "history": res.history,
             "logits": logits.tolist(),
+            "device_batches_are_device_arrays": bool(device_arrays),
+            "device_and_host_batches_identical": bool(same_batches),
+            "device_and_host_training_identical": bool(same_training),
         }
     )
 )

@@ -224,3 +224,17 @@ def test_step_time_refuses_another_backend_before_building_anything(tmp_path):
     assert r.returncode == 2
     assert "KERAS_BACKEND=jax" in r.stderr
     assert not (tmp_path / "s.json").exists()
+
+
+def test_gpu_speed_host_batches_switches_the_library_to_host_gathered_batches(monkeypatch):
+    pytest.importorskip("jax")
+    from bench.gpu_speed import use_host_batches
+    from kd import train as kt
+
+    monkeypatch.setattr(kt, "BatchSequence", kt.BatchSequence)  # restored after the test
+    x, y = np.zeros((8, 32, 32, 3), np.uint8), np.arange(8) % 10
+    assert kt.BatchSequence(x, y, 4, seed=0, shuffle=False, augment=False, on_device=True)._device
+    use_host_batches()
+    seq = kt.BatchSequence(x, y, 4, seed=0, shuffle=False, augment=False, on_device=True)
+    assert seq._device is None
+    assert isinstance(seq.batch(0, 0)[0]["image"], np.ndarray)

@@ -1,6 +1,7 @@
 """The same library code on the JAX backend (how the GPU machine, which has no TensorFlow,
-runs it): the KD loss, distillation with a frozen teacher, and a model saved under JAX that
-TensorFlow loads and predicts with identically."""
+runs it): the KD loss, distillation with a frozen teacher, batches gathered on the device
+(the same bytes and the same training as batches the host gathers), and a model saved under
+JAX that TensorFlow loads and predicts with identically."""
 
 import json
 import os
@@ -30,6 +31,9 @@ def test_library_runs_on_jax(tmp_path):
     assert out["loss"] == pytest.approx(out["reference"], rel=1e-4)
     assert out["teacher_unchanged"] is True
     assert out["history"]["epoch"] == [1, 2] and "val_accuracy" in out["history"]
+    assert out["device_batches_are_device_arrays"] is True
+    assert out["device_and_host_batches_identical"] is True
+    assert out["device_and_host_training_identical"] is True
 
     from kd.data import load_cifar10
     from kd.train import load_model
