@@ -9,9 +9,9 @@ front end, the optimizer and schedule, the distiller with its frozen teacher) an
 step three ways, each in ms per step (median of ``--repeats`` timings):
 
 - ``fit``: ``keras.Model.fit`` over a :class:`kd.train.BatchSequence` of ``--steps`` batches
-  (picking each batch, gathered on the device from the resident data, and drawing its
-  augmentation; the transfers; Keras's per-step loop; no validation, no checkpoint), its
-  second epoch;
+  (picking each batch, which on a GPU is gathered on the device from the resident data,
+  and drawing its augmentation; the transfers; Keras's per-step loop; no validation, no
+  checkpoint), its second epoch;
 - ``jit``: the compiled ``train_step`` called ``--steps`` times in a Python loop on one batch
   already on the device (the dispatch of each step, no input pipeline, no Keras loop);
 - ``scan``: ``--scan`` steps per compiled call (``jax.lax.scan`` over a stack of that batch),

@@ -5,11 +5,11 @@ All three go through :func:`fit`, which adds what a production run needs around
 
 - **Augmentation** (random crop from a 4-pixel zero-padded image, horizontal flip) inside the
   compiled training step (:func:`crop_flip`, :func:`training_model`): the host sends the
-  batch's uint8 images (on JAX, the data sits on the device and the batch is gathered there
-  from its indices: :class:`BatchSequence`) plus per-image crop offsets and flips drawn from
-  a generator keyed by ``(seed, epoch, batch)``, so the same seed gives the same batches,
-  also after a resume. The distiller's teacher and student get the same offsets, so they see
-  the same augmented batch.
+  batch's uint8 images (on JAX with a GPU, the data sits on the device and the batch is
+  gathered there from its indices: :class:`BatchSequence`) plus per-image crop offsets and
+  flips drawn from a generator keyed by ``(seed, epoch, batch)``, so the same seed gives the
+  same batches, also after a resume. The distiller's teacher and student get the same
+  offsets, so they see the same augmented batch.
 - **Optimiser and schedule** from the config: SGD with Nesterov momentum (or Adam/AdamW),
   decoupled weight decay, linear warm-up then cosine decay, optional global-norm clipping.
 - **A checkpoint every epoch and resume after a kill** (:class:`EpochCheckpoint`, under
@@ -201,6 +201,15 @@ def training_model(model: Any, pad: int = 4) -> Any:
     return keras.Model({IMAGE_KEY: image, AUGMENT_KEY: params}, model(x), name=f"{model.name}_fit")
 
 
+def _jax_accelerator() -> bool:
+    """Whether Keras runs on JAX with an accelerator as JAX's default device."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return bool(jax.default_backend() != "cpu")
+
+
 def _device_gather(x: np.ndarray, y: np.ndarray) -> tuple[Any, Any, Any]:
     """``x`` and ``y`` on JAX's default device, and a compiled gather of rows from them."""
     import jax
@@ -223,12 +232,14 @@ class BatchSequence(keras.utils.PyDataset):
     however far ahead the backend's input pipeline prefetches; ``start_epoch`` is where a
     resumed run begins. Without ``augment`` the rows are the identity ``(pad, pad, 0)``.
 
-    ``on_device`` (default: on the JAX backend) puts the images and labels on the backend's
-    default device once, here, and gathers each batch there from the batch's indices: a step
-    then moves a few bytes per image to the device instead of its 3,072 pixels, and the host
-    copies no pixels. The batches are the same bytes either way (tested). On TensorFlow the
-    input pipeline wraps the sequence in a ``tf.data`` generator, which would copy device
-    tensors back to the host, so there the host gathers the batch.
+    ``on_device`` (default: on the JAX backend with an accelerator) puts the images and labels
+    on JAX's default device once, here, and gathers each batch there from the batch's
+    indices: a step then moves a few bytes per image to the device instead of its 3,072
+    pixels, and the host copies no pixels. The batches are the same bytes either way, and so
+    is the training (tested). On JAX's CPU backend there is no copy to save (the gather would
+    only move from NumPy into XLA, on the same cores), and on TensorFlow the input pipeline
+    wraps the sequence in a ``tf.data`` generator, which would copy device tensors back to
+    the host: there the host gathers the batch.
     """
 
     def __init__(
@@ -249,7 +260,7 @@ class BatchSequence(keras.utils.PyDataset):
         self.drop_remainder = drop_remainder
         self.x, self.y = x, y.astype(np.int32)
         if on_device is None:
-            on_device = keras.backend.backend() == "jax"
+            on_device = _jax_accelerator()
         self._device: tuple[Any, Any, Any] | None = None
         if on_device:
             self._device = _device_gather(self.x, self.y)
