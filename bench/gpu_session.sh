@@ -6,6 +6,10 @@
 #   bash bench/gpu_session.sh setup      # wheels -> /root/site, part 1 -> /root/chunks, GPU info
 #   bash bench/gpu_session.sh speed      # bench.gpu_speed: seed preset in float32 and bfloat16,
 #                                        # resnet preset in bfloat16 (3 epochs a stage)
+#                                        # (SPEED_PRECISIONS="float32" and SPEED_RESNET=0
+#                                        # keep it to the seed preset in float32)
+#   bash bench/gpu_session.sh autotune   # the same, float32, XLA's GPU autotuning at
+#                                        # AUTOTUNE_LEVEL (0, off): compile vs step time
 #   bash bench/gpu_session.sh inputs     # bench.gpu_speed, seed preset, float32, with the
 #                                        # batches gathered on the host (the input path before
 #                                        # session 4): against `speed`'s float32 run, what
@@ -49,14 +53,28 @@ setup)
 speed)
   # 40,000 + 10,000 images: the real split's sizes; the shipped sample repeated (speed does
   # not depend on the pixels). Each run compiles afresh (no persistent compilation cache).
+  # shellcheck disable=SC2086  # SPEED_PRECISIONS: a list
   python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
     --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 \
+    --precisions ${SPEED_PRECISIONS:-float32 bfloat16} \
     --out /root/res/gpu-speed.json 2>&1 | tee /root/res/gpu-speed.log | quiet
-  python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
-    --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 --preset resnet \
-    --precisions bfloat16 --out /root/res/gpu-speed-resnet.json 2>&1 \
-    | tee /root/res/gpu-speed-resnet.log | quiet
+  if [ "${SPEED_RESNET:-1}" = 1 ]; then
+    python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
+      --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 --preset resnet \
+      --precisions bfloat16 --out /root/res/gpu-speed-resnet.json 2>&1 \
+      | tee /root/res/gpu-speed-resnet.log | quiet
+  fi
   cp /root/res/gpu-speed*.json "$OUT/"
+  ;;
+autotune)
+  # XLA's GPU autotuning (it times candidate kernels while compiling) at AUTOTUNE_LEVEL (0:
+  # off; XLA's default is 4): compile time against step time, seed preset, float32.
+  XLA_FLAGS="--xla_gpu_autotune_level=${AUTOTUNE_LEVEL:-0}" python3 -m bench.gpu_speed \
+    --data sample --train-images "${SPEED_TRAIN:-40000}" --val-images "${SPEED_VAL:-10000}" \
+    --epochs 3 --batch-size 256 --precisions float32 \
+    --out "/root/res/gpu-speed-autotune${AUTOTUNE_LEVEL:-0}.json" 2>&1 \
+    | tee "/root/res/gpu-speed-autotune${AUTOTUNE_LEVEL:-0}.log" | quiet
+  cp "/root/res/gpu-speed-autotune${AUTOTUNE_LEVEL:-0}.json" "$OUT/"
   ;;
 inputs)
   python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
