@@ -9,7 +9,10 @@
    epoch per stage; ``demo``: what ``make demo`` runs) through ``python -m local_runner run``
    (Docker) and as direct library calls of the same stages in one process, both with the
    configs ``local_runner.run.stage_configs`` builds from the same parameters; their wall-time
-   ratio; and the start time of one stage container
+   ratio; per stage, the task's time in the Docker run (as the runner records it in
+   ``kd_run.json``: container start, imports, artifacts in and out, the work) against the same
+   stage's direct call, and the difference, which is what the container costs that stage;
+   and the start time of one stage container
    (``docker run --network none IMAGE python -c "import kd.train"``).
 """
 
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # Pipeline runs compared with and without Docker: (local_runner profile, parameter overrides).
@@ -70,35 +74,68 @@ def training_throughput(n: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def direct_run(profile: str, overrides: dict[str, object]) -> float:
+def direct_run(profile: str, overrides: dict[str, object]) -> tuple[float, dict[str, float]]:
     """The pipeline as library calls in this process (what each container does), with the
-    configs the local runner builds from the same parameters."""
+    configs the local runner builds from the same parameters: (wall s, s per stage, by the
+    pipeline's task names)."""
     from kd import stages
     from local_runner.run import resolve_params, stage_configs
 
     c = stage_configs(resolve_params(profile, dict(overrides)))
+    times: dict[str, float] = {}
+
+    def timed(task: str, fn: Any, *args: Any) -> Any:
+        t = time.perf_counter()
+        result = fn(*args)
+        times[task] = time.perf_counter() - t
+        return result
+
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         p = {n: f"{tmp}/{n}" for n in ("train", "val", "test")}
-        meta = stages.split_data(c["split"], p["train"], p["val"], p["test"])
+        meta = timed("data-split", stages.split_data, c["split"], p["train"], p["val"], p["test"])
         tr, va = (p["train"], meta["train"]["sha256"]), (p["val"], meta["validation"]["sha256"])
         te = (p["test"], meta["test"]["sha256"])
-        stages.train_teacher(tr, va, c["teacher"], f"{tmp}/t")
-        stages.train_student_scratch(tr, va, c["student"], f"{tmp}/s")
-        stages.distill_student(f"{tmp}/t", tr, va, c["distill"], f"{tmp}/d")
-        stages.evaluate(
-            {"teacher": f"{tmp}/t", "student_distilled": f"{tmp}/d", "student_scratch": f"{tmp}/s"},
-            te,
-            c["evaluate"],
-            c["gate"],
-            f"{tmp}/r",
+        timed("train-teacher", stages.train_teacher, tr, va, c["teacher"], f"{tmp}/t")
+        timed(
+            "train-student-scratch", stages.train_student_scratch, tr, va, c["student"], f"{tmp}/s"
         )
-        stages.export_blessed(f"{tmp}/d", te, c["export_check_images"], f"{tmp}/e")
-    return time.perf_counter() - t0
+        timed(
+            "distill-student", stages.distill_student, f"{tmp}/t", tr, va, c["distill"], f"{tmp}/d"
+        )
+        models = {
+            "teacher": f"{tmp}/t",
+            "student_distilled": f"{tmp}/d",
+            "student_scratch": f"{tmp}/s",
+        }
+        timed("evaluate", stages.evaluate, models, te, c["evaluate"], c["gate"], f"{tmp}/r")
+        timed(
+            "export-model",
+            stages.export_blessed,
+            f"{tmp}/d",
+            te,
+            c["export_check_images"],
+            f"{tmp}/e",
+        )
+    return time.perf_counter() - t0, times
 
 
-def docker_run(profile: str, overrides: dict[str, object]) -> float:
-    """The same pipeline through ``python -m local_runner run`` (one container per stage)."""
+def per_stage(direct: dict[str, float], docker: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each stage's direct and Docker times and their difference (what the container costs)."""
+    return {
+        task: {
+            "direct_s": round(direct[task], 2),
+            "docker_s": round(docker[task], 2),
+            "container_overhead_s": round(docker[task] - direct[task], 2),
+        }
+        for task in direct
+        if task in docker
+    }
+
+
+def docker_run(profile: str, overrides: dict[str, object]) -> tuple[float, dict[str, float]]:
+    """The same pipeline through ``python -m local_runner run`` (one container per stage):
+    (wall s, s per task as the runner recorded them in the run's ``kd_run.json``)."""
     (ROOT / "runs").mkdir(exist_ok=True)
     root = tempfile.mkdtemp(prefix="bench-docker-", dir=ROOT / "runs")
     os.chmod(root, 0o755)
@@ -114,7 +151,9 @@ def docker_run(profile: str, overrides: dict[str, object]) -> float:
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(r.stderr[-2000:])
-    return wall
+    (record,) = Path(root).glob("*/kd_run.json")
+    tasks = json.loads(record.read_text()).get("tasks", {})
+    return wall, {k: t["duration_s"] for k, t in tasks.items() if "duration_s" in t}
 
 
 def container_start() -> float:
@@ -179,8 +218,8 @@ def main() -> None:
         ensure_image(IMAGE, "offline", None)
         for name in a.docker_pipelines:
             profile, overrides = PIPELINES[name]
-            direct = direct_run(profile, overrides)
-            docker_wall = docker_run(profile, overrides)
+            direct, direct_stages = direct_run(profile, overrides)
+            docker_wall, docker_stages = docker_run(profile, overrides)
             out[f"pipeline_{name}"] = {
                 "profile": profile,
                 "overrides": overrides,
@@ -188,6 +227,7 @@ def main() -> None:
                 "docker_s": round(docker_wall, 1),
                 "overhead_ratio": round(docker_wall / direct, 2),
                 "target_ratio": 1.5,
+                "stages": per_stage(direct_stages, docker_stages),
             }
         out["container_start_import_kd_s"] = round(container_start(), 2)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

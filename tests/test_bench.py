@@ -238,3 +238,20 @@ def test_gpu_speed_host_batches_switches_the_library_to_host_gathered_batches(mo
     seq = kt.BatchSequence(x, y, 4, seed=0, shuffle=False, augment=False, on_device=True)
     assert seq._device is None
     assert isinstance(seq.batch(0, 0)[0]["image"], np.ndarray)
+
+
+@pytest.mark.slow
+def test_cpu_speed_times_each_stage_under_the_runners_task_names():
+    """The direct run's stage times must line up with the task names the local runner records
+    for the Docker run, or the per-stage container overhead would silently drop stages."""
+    from bench.cpu_speed import PIPELINES, direct_run, per_stage
+    from local_runner.run import STAGES
+
+    profile, overrides = PIPELINES["tiny"]
+    wall, stages = direct_run(profile, overrides)
+    assert set(stages) == set(STAGES)
+    assert all(t > 0 for t in stages.values()) and sum(stages.values()) <= wall
+    docker = {task: t + 1.5 for task, t in stages.items()}
+    rows = per_stage(stages, docker)
+    assert set(rows) == set(STAGES)
+    assert all(r["container_overhead_s"] == pytest.approx(1.5, abs=0.01) for r in rows.values())
