@@ -206,9 +206,9 @@ def time_stage(
 
     holder = {"state": s1}
 
-    def run_jit() -> None:
+    def run_jit(n: int = steps) -> None:
         s = holder["state"]
-        for _ in range(steps):
+        for _ in range(n):
             s, _ = one(s, batch)
         jax.block_until_ready(s)
         holder["state"] = s
@@ -224,16 +224,7 @@ def time_stage(
     jit_ms = _median_ms(run_jit, steps, repeats)
     if trace is not None:
         folder, stage, short = trace
-        n = len(short)
-
-        def run_short() -> None:
-            s = holder["state"]
-            for _ in range(n):
-                s, _ = one(s, batch)
-            jax.block_until_ready(s)
-            holder["state"] = s
-
-        trace_loop(run_short, n, folder / f"{stage}-jit")
+        trace_loop(lambda: run_jit(len(short)), len(short), folder / f"{stage}-jit")
     run_scan()
     scan_ms = _median_ms(run_scan, steps // scan * scan, repeats)
     return {
