@@ -104,8 +104,11 @@ wall)
 accuracy)
   export JAX_COMPILATION_CACHE_DIR=/root/jax-cache  # the seeds of a preset compile once
   # Speeds for the plan: this session's `speed` phase, else the committed H200 figures.
-  speeds=/root/res
-  [ -f /root/res/gpu-speed-resnet.json ] || speeds=bench/results/h200
+  speeds=/root/res  # needs both presets, the seed preset's in bfloat16
+  if [ ! -f /root/res/gpu-speed-resnet.json ] \
+    || ! grep -q '"bfloat16"' /root/res/gpu-speed.json 2>/dev/null; then
+    speeds=bench/results/h200
+  fi
   seed_e=${SEED_EPOCHS:-60}
   seconds=$(( ${DEADLINE:?set DEADLINE, the epoch second the runs must end by} - $(date +%s) - 20 ))
   plan() {

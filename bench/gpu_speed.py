@@ -160,6 +160,7 @@ def main() -> None:
     import keras
     import numpy as np
 
+    from kd import train as kd_train
     from kd.data import load_cifar10
     from kd.evaluate import machine_info
 
@@ -181,7 +182,9 @@ def main() -> None:
         "machine": machine_info(),
         "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
         "data": {"source": args.data, "train_images": len(train[0]), "val_images": len(val[0])},
-        "batches_gathered_on": "host" if args.host_batches else "device where the backend is JAX",
+        "batches_gathered_on": "device"
+        if kd_train._jax_accelerator() and not args.host_batches
+        else "host",
         "precisions": {},
     }
     for precision in args.precisions:

@@ -96,11 +96,12 @@ def _median_ms(fn: Any, steps: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _write_meta(folder: Path, steps: int, wall_s: float) -> None:
-    (folder / "meta.json").write_text(json.dumps({"steps": steps, "wall_s": wall_s}))
+def _write_meta(folder: Path, steps: int, wall_s: float, untraced_ms: float) -> None:
+    meta = {"steps": steps, "wall_s": wall_s, "untraced_ms_per_step": untraced_ms}
+    (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def trace_fit(model: Any, seq: Any, folder: Path) -> None:
+def trace_fit(model: Any, seq: Any, folder: Path, untraced_ms: float) -> None:
     """A JAX profiler trace of ``fit``'s second epoch over ``seq`` (the first may compile);
     the wall time runs from the epoch's start to its end, once its logs are on the host."""
     import jax
@@ -116,13 +117,13 @@ def trace_fit(model: Any, seq: Any, folder: Path) -> None:
             if epoch == 1:
                 wall = time.perf_counter() - self.t0
                 jax.profiler.stop_trace()
-                _write_meta(folder, len(seq), wall)
+                _write_meta(folder, len(seq), wall, untraced_ms)
 
     folder.mkdir(parents=True, exist_ok=True)
     model.fit(seq, epochs=2, verbose=0, shuffle=False, callbacks=[TraceEpoch()])
 
 
-def trace_loop(run: Any, steps: int, folder: Path) -> None:
+def trace_loop(run: Any, steps: int, folder: Path, untraced_ms: float) -> None:
     """A JAX profiler trace of ``run()`` (``steps`` training steps, synchronised at the end)."""
     import jax
 
@@ -132,7 +133,7 @@ def trace_loop(run: Any, steps: int, folder: Path) -> None:
     run()
     wall = time.perf_counter() - t0
     jax.profiler.stop_trace()
-    _write_meta(folder, steps, wall)
+    _write_meta(folder, steps, wall, untraced_ms)
 
 
 def time_stage(
@@ -169,7 +170,7 @@ def time_stage(
     fit_ms = statistics.median(t * 1000 / steps for t in timer.times[1:])
     if trace is not None:  # before the loops below donate the model's variables
         folder, stage, short = trace
-        trace_fit(model, short, folder / f"{stage}-fit")
+        trace_fit(model, short, folder / f"{stage}-fit", fit_ms)
 
     state = model._get_jax_state(
         trainable_variables=True,
@@ -224,7 +225,7 @@ def time_stage(
     jit_ms = _median_ms(run_jit, steps, repeats)
     if trace is not None:
         folder, stage, short = trace
-        trace_loop(lambda: run_jit(len(short)), len(short), folder / f"{stage}-jit")
+        trace_loop(lambda: run_jit(len(short)), len(short), folder / f"{stage}-jit", jit_ms)
     run_scan()
     scan_ms = _median_ms(run_scan, steps // scan * scan, repeats)
     return {

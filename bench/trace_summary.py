@@ -21,6 +21,11 @@ Per traced run, in ms per training step (``steps`` from ``meta.json``):
 - ``kernels_per_step``, ``mean_kernel_us``, ``copies_per_step``, ``copy_ms_per_step``
   (host-device transfers: events named ``Memcpy*``/``Memset*``);
 - ``top_kernels``: the kernels with the most device time, ms and launches per step;
+- ``untraced_ms_per_step`` (from ``meta.json``): the same kind of loop's time per step
+  without the profiler (``bench.step_time``'s timed runs, over ``--steps`` steps).
+  Tracing changes the run (the profiler adds a cost to every kernel launch, and XLA may
+  launch kernels one by one where it would otherwise replay a captured CUDA graph), so the
+  traces say where the time goes, and the untraced times how much there is;
 - ``host_top``: the host's Python frames (JAX's profiler traces Python calls) and compiled-
   function calls (``PjitFunction(...)``: the dispatch, which blocks when the device falls
   behind) with the most inclusive time, ms and calls per step: where ``fit``'s host time goes
@@ -114,20 +119,47 @@ def device_activity(space: Any) -> dict[str, list[tuple[str, int, int]]]:
 def host_calls(space: Any) -> dict[str, tuple[float, int]]:
     """Inclusive ms and count per name of the Python frames (``$file.py:line name``) and the
     compiled-function calls (``PjitFunction(name)``) on the host planes, the bench's own
-    frames (its timing callbacks, the profiler's stop) left out."""
+    frames (its timing callbacks, the profiler's stop) left out.
+
+    A call nested in a call of the same name on the same thread (JAX records each compiled
+    call as two nested events; recursion) counts once, with the outer call's time. The main
+    thread is the line with the most such events; names from the other threads carry
+    `` [thread K]`` (K = 1, 2, ... in trace order): their time overlaps the main thread's and
+    includes their waits.
+    """
+
+    def wanted(plane: Any, ev: Any) -> str | None:
+        meta = plane.event_metadata.get(ev.metadata_id)
+        name = meta.name if meta is not None else ""
+        if not (name.startswith("$") or name.startswith("PjitFunction(")):
+            return None
+        if "step_time.py" in name or "profiler.py" in name:
+            return None
+        return name
+
     found: dict[str, list[float]] = {}
     for plane in space.planes:
         if not plane.name.startswith("/host:"):
             continue
-        for line in plane.lines:
-            for ev in line.events:
-                meta = plane.event_metadata.get(ev.metadata_id)
-                name = meta.name if meta is not None else ""
-                if not (name.startswith("$") or name.startswith("PjitFunction(")):
+        counts = [sum(wanted(plane, ev) is not None for ev in ln.events) for ln in plane.lines]
+        busiest = max(range(len(counts)), key=counts.__getitem__, default=-1)
+        others = 0
+        for k, line in enumerate(plane.lines):
+            if not counts[k]:
+                continue
+            thread = ""
+            if k != busiest:
+                others += 1
+                thread = f" [thread {others}]"
+            open_until: dict[str, int] = {}  # name -> end of its outermost call so far
+            for ev in sorted(line.events, key=lambda e: (e.offset_ps, -e.duration_ps)):
+                name = wanted(plane, ev)
+                if name is None:
                     continue
-                if "step_time.py" in name or "profiler.py" in name:
-                    continue
-                acc = found.setdefault(name, [0.0, 0])
+                if ev.offset_ps < open_until.get(name, -1):
+                    continue  # inside a call of the same name
+                open_until[name] = ev.offset_ps + ev.duration_ps
+                acc = found.setdefault(name + thread, [0.0, 0])
                 acc[0] += ev.duration_ps / 1e9
                 acc[1] += 1
     return {k: (v[0], int(v[1])) for k, v in found.items()}
@@ -189,6 +221,8 @@ def summarize_dir(folder: Path) -> dict[str, Any]:
             runs[run.name] = {**meta, "error": "no .xplane.pb under this folder"}
             continue
         runs[run.name] = summarize(read_space(traces[-1]), meta["steps"], meta["wall_s"])
+        if "untraced_ms_per_step" in meta:
+            runs[run.name]["untraced_ms_per_step"] = meta["untraced_ms_per_step"]
     if not runs:
         raise SystemExit(f"no traced run (a folder with meta.json) under {folder}")
     return runs

@@ -261,6 +261,12 @@ class BatchSequence(keras.utils.PyDataset):
         self.x, self.y = x, y.astype(np.int32)
         if on_device is None:
             on_device = _jax_accelerator()
+        elif on_device and keras.backend.backend() != "jax":
+            raise ConfigError(
+                f"BatchSequence(on_device=True) needs the JAX backend, not "
+                f"{keras.backend.backend()!r}: its input pipeline would copy device arrays "
+                "back to the host. Fix: leave on_device unset (it is on for JAX with a GPU)"
+            )
         self._device: tuple[Any, Any, Any] | None = None
         if on_device:
             self._device = _device_gather(self.x, self.y)

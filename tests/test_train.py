@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from kd.config import StudentConfig
-from kd.errors import ArtifactError, DivergenceError
+from kd.errors import ArtifactError, ConfigError, DivergenceError
 from kd.train import (
     AUGMENT_KEY,
     IMAGE_KEY,
@@ -49,6 +49,16 @@ def test_augment_is_a_padded_crop_or_its_mirror():
         assert any(np.array_equal(out[i], w) or np.array_equal(out[i], w[:, ::-1]) for w in windows)
     # Not the identity for every image.
     assert not np.array_equal(out, x)
+
+
+def test_device_batches_are_refused_off_jax():
+    """On TensorFlow the input pipeline would copy device arrays back: a clear error instead
+    (the device path itself is tested on JAX, tests/test_jax_backend.py)."""
+    assert keras.backend.backend() == "tensorflow"
+    x, y = _data(8)
+    assert BatchSequence(x, y, 4, seed=0, shuffle=False, augment=False)._device is None
+    with pytest.raises(ConfigError, match="needs the JAX backend, not 'tensorflow'.*Fix:"):
+        BatchSequence(x, y, 4, seed=0, shuffle=False, augment=False, on_device=True)
 
 
 def test_device_crop_flip_equals_the_numpy_reference_bit_for_bit():
