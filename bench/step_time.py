@@ -22,7 +22,12 @@ step three ways, each in ms per step (median of ``--repeats`` timings):
 
 Stage ``host`` is a stand-in whose model reads four pixels into one small dense layer: the
 device has next to nothing to do, so its ``fit`` time per step is the host's own (the batch,
-its transfer, Keras's loop, the dispatch), to set against the real stages' steps.
+its transfer, Keras's loop, the dispatch), to set against the real stages' steps. For it the
+bench also times whole epochs through ``kd.train.fit`` (validation on ``--val-images``
+images, the checkpoint, the history: what a stage does each epoch) and reports
+``epoch_minus_steps_s``, the epoch's time beyond its training steps at the ``fit`` rate: the
+per-epoch and validation costs of the library's loop, set against the part of the GPU
+stages' epochs that shrinks with neither batch nor model (docs/RESULTS.md, section 2).
 
 ``fit - jit`` is the input pipeline and Keras's loop; ``jit - scan`` the per-step dispatch.
 Before timing, the scan's result is checked against ``--scan`` single steps from the same
@@ -85,6 +90,27 @@ def host_stand_in(cfg: Any, steps: int) -> Any:
     model = keras.Model({IMAGE_KEY: image, AUGMENT_KEY: params}, logits, name="host_stand_in")
     model.compile(optimizer=make_optimizer(cfg, steps), loss=hard_loss(0.0), metrics=["accuracy"])
     return model
+
+
+def time_host_epochs(
+    cfg: Any, steps: int, train: tuple[Any, Any], val: tuple[Any, Any], fit_ms: float
+) -> dict[str, Any]:
+    """Three epochs of the host stand-in through ``kd.train.fit``; the steady epoch's time,
+    and what it takes beyond ``steps`` training steps at ``fit_ms`` each."""
+    import tempfile
+
+    from kd.train import fit
+
+    model = host_stand_in(cfg, steps)
+    with tempfile.TemporaryDirectory(prefix="kd-steps-") as tmp:
+        history = fit(model, train, val, cfg, tmp, name="host", log=lambda line: None)
+    epoch = statistics.median(history["epoch_time_s"][1:])
+    return {
+        "train_images": len(train[0]),
+        "validation_images": len(val[0]),
+        "fit_epoch_s": epoch,
+        "epoch_minus_steps_s": epoch - steps * fit_ms / 1000,
+    }
 
 
 def _median_ms(fn: Any, steps: int, repeats: int) -> float:
@@ -254,6 +280,9 @@ def main() -> None:
         "--trace", type=Path, help="also write JAX profiler traces here (bench.trace_summary)"
     )
     ap.add_argument("--trace-steps", type=int, default=20, help="steps per trace")
+    ap.add_argument(
+        "--val-images", type=int, default=10000, help="validation images of the host epochs"
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import keras
@@ -265,6 +294,9 @@ def main() -> None:
         ap.error("--scan must be between 1 and --steps")
     if not 1 <= args.trace_steps <= args.steps:
         ap.error("--trace-steps must be between 1 and --steps")
+    if args.val_images < 1:
+        ap.error("--val-images must be >= 1")
+    from kd.config import StudentConfig
     from kd.evaluate import machine_info
     from kd.train import BatchSequence
 
@@ -293,6 +325,16 @@ def main() -> None:
         result["stages"][stage] = time_stage(
             model, seq, args.steps, args.scan, args.repeats, args.unroll, trace
         )
+        if stage == "host":
+            # A fresh stand-in: the loops above donated this one's variables.
+            cfg = StudentConfig(
+                batch_size=args.batch_size, epochs=3, divergence_check_epoch=0, seed=0
+            )
+            xv = rng.integers(0, 256, (args.val_images, 32, 32, 3), dtype=np.uint8)
+            yv = rng.integers(0, 10, args.val_images)
+            result["stages"][stage]["epoch"] = time_host_epochs(
+                cfg, args.steps, (x, y), (xv, yv), result["stages"][stage]["fit_ms_per_step"]
+            )
         print(json.dumps({stage: result["stages"][stage]}), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

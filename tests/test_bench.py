@@ -122,7 +122,7 @@ def test_step_time_splits_a_training_step_on_jax(tmp_path):
 
     r = _step_time(
         tmp_path, "jax", "--repeats", "1", "--unroll", "--stages", "scratch", "host",
-        "--trace", str(traces), "--trace-steps", "3",
+        "--trace", str(traces), "--trace-steps", "3", "--val-images", "16",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "s.json").read_text())
@@ -135,6 +135,14 @@ def test_step_time_splits_a_training_step_on_jax(tmp_path):
         assert stage["input_and_keras_loop_ms"] == pytest.approx(
             stage["fit_ms_per_step"] - stage["jit_ms_per_step"]
         )
+    # The stand-in's whole epochs through kd.train.fit: 4 steps of 8 images, validation on 16.
+    epoch = result["stages"]["host"]["epoch"]
+    assert epoch["train_images"] == 32 and epoch["validation_images"] == 16
+    assert epoch["fit_epoch_s"] > 0
+    assert epoch["epoch_minus_steps_s"] == pytest.approx(
+        epoch["fit_epoch_s"] - 4 * result["stages"]["host"]["fit_ms_per_step"] / 1000
+    )
+    assert "epoch" not in result["stages"]["scratch"]
     # The stand-in leaves the device next to nothing: its steps are far cheaper.
     assert (
         result["stages"]["host"]["jit_ms_per_step"] < result["stages"]["scratch"]["jit_ms_per_step"]
