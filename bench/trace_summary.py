@@ -92,6 +92,15 @@ def _union_ps(intervals: list[tuple[int, int]]) -> int:
     return total
 
 
+def _tally(items: Any) -> dict[str, tuple[float, int]]:
+    """``(name, ms)`` pairs summed per name: ``{name: (total ms, count)}``."""
+    found: dict[str, tuple[float, int]] = {}
+    for name, ms in items:
+        total, count = found.get(name, (0.0, 0))
+        found[name] = (total + ms, count + 1)
+    return found
+
+
 def device_activity(space: Any) -> dict[str, list[tuple[str, int, int]]]:
     """Per device plane (``/device:...``): ``(name, start_ps, end_ps)`` of every event on its
     activity lines: the ``Stream ...`` lines where there are any, else every line that is not
@@ -128,41 +137,40 @@ def host_calls(space: Any) -> dict[str, tuple[float, int]]:
     includes their waits.
     """
 
-    def wanted(plane: Any, ev: Any) -> str | None:
-        meta = plane.event_metadata.get(ev.metadata_id)
-        name = meta.name if meta is not None else ""
-        if not (name.startswith("$") or name.startswith("PjitFunction(")):
-            return None
-        if "step_time.py" in name or "profiler.py" in name:
-            return None
-        return name
+    def wanted(plane: Any, line: Any) -> list[tuple[str, Any]]:
+        """The line's Python frames and compiled calls, by start (outer calls first)."""
+        named = []
+        for ev in line.events:
+            meta = plane.event_metadata.get(ev.metadata_id)
+            name = meta.name if meta is not None else ""
+            if not (name.startswith("$") or name.startswith("PjitFunction(")):
+                continue
+            if "step_time.py" in name or "profiler.py" in name:
+                continue
+            named.append((name, ev))
+        return sorted(named, key=lambda ne: (ne[1].offset_ps, -ne[1].duration_ps))
 
-    found: dict[str, list[float]] = {}
+    calls: list[tuple[str, float]] = []
     for plane in space.planes:
         if not plane.name.startswith("/host:"):
             continue
-        counts = [sum(wanted(plane, ev) is not None for ev in ln.events) for ln in plane.lines]
-        busiest = max(range(len(counts)), key=counts.__getitem__, default=-1)
+        lines = [wanted(plane, line) for line in plane.lines]
+        busiest = max(range(len(lines)), key=lambda k: len(lines[k]), default=-1)
         others = 0
-        for k, line in enumerate(plane.lines):
-            if not counts[k]:
+        for k, events in enumerate(lines):
+            if not events:
                 continue
             thread = ""
             if k != busiest:
                 others += 1
                 thread = f" [thread {others}]"
             open_until: dict[str, int] = {}  # name -> end of its outermost call so far
-            for ev in sorted(line.events, key=lambda e: (e.offset_ps, -e.duration_ps)):
-                name = wanted(plane, ev)
-                if name is None:
-                    continue
+            for name, ev in events:
                 if ev.offset_ps < open_until.get(name, -1):
                     continue  # inside a call of the same name
                 open_until[name] = ev.offset_ps + ev.duration_ps
-                acc = found.setdefault(name + thread, [0.0, 0])
-                acc[0] += ev.duration_ps / 1e9
-                acc[1] += 1
-    return {k: (v[0], int(v[1])) for k, v in found.items()}
+                calls.append((name + thread, ev.duration_ps / 1e9))
+    return _tally(calls)
 
 
 def summarize(space: Any, steps: int, wall_s: float, top: int = 8) -> dict[str, Any]:
@@ -181,16 +189,14 @@ def summarize(space: Any, steps: int, wall_s: float, top: int = 8) -> dict[str, 
         result["device"] = None
         return result
     # One accelerator per run here; with several, report the busiest.
-    device, events = max(activity.items(), key=lambda kv: _union_ps([e[1:] for e in kv[1]]))
+    busy = {d: _union_ps([e[1:] for e in events]) for d, events in activity.items()}
+    device = max(busy, key=busy.__getitem__)
+    events = activity[device]
     kernels = [e for e in events if not e[0].lower().startswith(COPY_PREFIXES)]
     copies = [e for e in events if e[0].lower().startswith(COPY_PREFIXES)]
-    busy_ms = _union_ps([e[1:] for e in events]) / 1e9
+    busy_ms = busy[device] / 1e9
     kernel_ms = sum(e[2] - e[1] for e in kernels) / 1e9
-    per_name: dict[str, list[float]] = {}
-    for name, s, e in kernels:
-        acc = per_name.setdefault(name, [0.0, 0])
-        acc[0] += (e - s) / 1e9
-        acc[1] += 1
+    per_name = _tally((name, (e - s) / 1e9) for name, s, e in kernels)
     ranked = sorted(per_name.items(), key=lambda kv: -kv[1][0])[:top]
     result.update(
         {
