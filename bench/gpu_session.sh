@@ -41,6 +41,18 @@ export PYTHONPATH=/root/site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHON
 OUT=${OUT:-/tmp/out}
 mkdir -p /root/res "$OUT"
 quiet() { grep -v "step [0-9]*/" || true; }
+# bench.gpu_speed on 40,000 + 10,000 images (the real split's sizes; the shipped sample
+# repeated: speed does not depend on the pixels), 3 epochs a stage, batch 256; each run
+# compiles afresh (no persistent compilation cache). speed_run NAME [ARGS]: the results in
+# /root/res/NAME.json, also copied to $OUT.
+speed_run() {
+  local name=$1
+  shift
+  python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
+    --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 "$@" \
+    --out "/root/res/$name.json" 2>&1 | tee "/root/res/$name.log" | quiet
+  cp "/root/res/$name.json" "$OUT/"
+}
 case "$1" in
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -51,37 +63,20 @@ setup)
   python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"
   ;;
 speed)
-  # 40,000 + 10,000 images: the real split's sizes; the shipped sample repeated (speed does
-  # not depend on the pixels). Each run compiles afresh (no persistent compilation cache).
   # shellcheck disable=SC2086  # SPEED_PRECISIONS: a list
-  python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
-    --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 \
-    --precisions ${SPEED_PRECISIONS:-float32 bfloat16} \
-    --out /root/res/gpu-speed.json 2>&1 | tee /root/res/gpu-speed.log | quiet
+  speed_run gpu-speed --precisions ${SPEED_PRECISIONS:-float32 bfloat16}
   if [ "${SPEED_RESNET:-1}" = 1 ]; then
-    python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
-      --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 --preset resnet \
-      --precisions bfloat16 --out /root/res/gpu-speed-resnet.json 2>&1 \
-      | tee /root/res/gpu-speed-resnet.log | quiet
+    speed_run gpu-speed-resnet --preset resnet --precisions bfloat16
   fi
-  cp /root/res/gpu-speed*.json "$OUT/"
   ;;
 autotune)
   # XLA's GPU autotuning (it times candidate kernels while compiling) at AUTOTUNE_LEVEL (0:
   # off; XLA's default is 4): compile time against step time, seed preset, float32.
-  XLA_FLAGS="--xla_gpu_autotune_level=${AUTOTUNE_LEVEL:-0}" python3 -m bench.gpu_speed \
-    --data sample --train-images "${SPEED_TRAIN:-40000}" --val-images "${SPEED_VAL:-10000}" \
-    --epochs 3 --batch-size 256 --precisions float32 \
-    --out "/root/res/gpu-speed-autotune${AUTOTUNE_LEVEL:-0}.json" 2>&1 \
-    | tee "/root/res/gpu-speed-autotune${AUTOTUNE_LEVEL:-0}.log" | quiet
-  cp "/root/res/gpu-speed-autotune${AUTOTUNE_LEVEL:-0}.json" "$OUT/"
+  XLA_FLAGS="--xla_gpu_autotune_level=${AUTOTUNE_LEVEL:-0}" \
+    speed_run "gpu-speed-autotune${AUTOTUNE_LEVEL:-0}" --precisions float32
   ;;
 inputs)
-  python3 -m bench.gpu_speed --data sample --train-images "${SPEED_TRAIN:-40000}" \
-    --val-images "${SPEED_VAL:-10000}" --epochs 3 --batch-size 256 --precisions float32 \
-    --host-batches --out /root/res/gpu-speed-host-batches.json 2>&1 \
-    | tee /root/res/gpu-speed-host-batches.log | quiet
-  cp /root/res/gpu-speed-host-batches.json "$OUT/"
+  speed_run gpu-speed-host-batches --precisions float32 --host-batches
   ;;
 steps)
   # shellcheck disable=SC2086  # STEPS_EXTRA: extra arguments for a local dry run
