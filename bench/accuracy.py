@@ -76,7 +76,8 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
 
         # spawn: a fresh interpreter (the backend in this process is already initialised).
         scratch_job = multiprocessing.get_context("spawn").Process(
-            target=_train_scratch, args=(train, val, student_cfg, str(work / "scratch"))
+            target=stages.train_student_scratch,
+            args=(train, val, student_cfg, str(work / "scratch")),
         )
         scratch_job.start()
     else:
@@ -133,13 +134,6 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
             "distill": distill_cfg.__dict__,
         },
     }
-
-
-def _train_scratch(train: Any, val: Any, cfg: StudentConfig, out: str) -> None:
-    """The scratch student's stage, in a child process (``--parallel-stages``)."""
-    from kd import stages
-
-    stages.train_student_scratch(train, val, cfg, out)
 
 
 def _run_parallel(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
