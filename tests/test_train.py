@@ -25,6 +25,7 @@ from kd.train import (
     augment_batch,
     crop_flip,
     draw_augmentation,
+    identity_augmentation,
     load_model,
     train_student_scratch,
     training_model,
@@ -71,7 +72,7 @@ def test_device_crop_flip_equals_the_numpy_reference_bit_for_bit():
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, expected.astype(np.float32))
     # The identity rows leave the images unchanged.
-    ident = np.tile(np.array([[4, 4, 0]], np.int32), (len(x), 1))
+    ident = identity_augmentation(len(x))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(crop_flip(x, ident)), x)
 
 
