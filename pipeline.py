@@ -190,6 +190,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
         student_seed: int = _ST["seed"],
         temperature: float = _D["temperature"],
         alpha: float = _D["alpha"],
+        teacher_views: int = _D["teacher_views"],
         eval_batch_size: int = _E["batch_size"],
         latency_runs: int = _E["latency_runs"],
         min_kd_gain: float = _G["min_kd_gain"],
@@ -200,7 +201,8 @@ def make_pipeline(res: Resources | None = None) -> Any:
         """Teacher, distilled student and scratch student on CIFAR-10, evaluated side by side.
 
         The ``student_*`` settings apply to both students (distilled and scratch) so that the
-        comparison is fair; ``temperature`` and ``alpha`` only to distillation.
+        comparison is fair; ``temperature``, ``alpha`` and ``teacher_views`` only to
+        distillation.
         """
         v = dict(locals())
         split = _light(
@@ -226,6 +228,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
                 **_train_args("student_", v),
                 temperature=temperature,
                 alpha=alpha,
+                teacher_views=teacher_views,
             ),
             res,
         )
@@ -310,9 +313,10 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
         student_early_stopping_patience: int = _ST["early_stopping_patience"],
         student_divergence_check_epoch: int = _ST["divergence_check_epoch"],
         student_seed: int = _ST["seed"],
+        teacher_views: int = _D["teacher_views"],
     ):
         """``grid`` is a list of ``{"temperature": T, "alpha": a}``; the ``student_*``
-        settings apply to every branch."""
+        settings and ``teacher_views`` apply to every branch."""
         v = dict(locals())
         split = _light(
             data_split(
@@ -334,6 +338,7 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
                     **_train_args("student_", v),
                     temperature=point.temperature,
                     alpha=point.alpha,
+                    teacher_views=teacher_views,
                 ),
                 res,
             )

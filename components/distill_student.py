@@ -29,6 +29,7 @@ def distill_student(
     seed: int,
     temperature: float,
     alpha: float,
+    teacher_views: int,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -60,6 +61,9 @@ def distill_student(
         seed: seed of init, data order, augmentation and dropout.
         temperature: T > 0 of the soft targets.
         alpha: weight of the hard-label loss (0-1); 1 - alpha weights the soft loss.
+        teacher_views: 0 runs the teacher on every batch; K >= 1 caches its logits for K
+            augmented views of each training image first (K teacher passes instead of one per
+            epoch) and trains on those views.
         model: the distilled student (folder: model.keras, history.json, info.json).
         metrics: best and final validation accuracy.
     """
@@ -79,7 +83,11 @@ def distill_student(
         {k: info[k] for k in ("preset", "role", "framework", "best_val_accuracy")}
     )
     model.metadata["parameters"] = info["parameters"]["total"]
-    model.metadata.update({"temperature": temperature, "alpha": alpha})
+    model.metadata.update(
+        {"temperature": temperature, "alpha": alpha, "teacher_views": teacher_views}
+    )
+    if "teacher_cache_s" in info:
+        metrics.log_metric("teacher_cache_s", info["teacher_cache_s"])
     metrics.log_metric("best_val_accuracy", info["best_val_accuracy"])
     metrics.log_metric("final_val_accuracy", info["final_val_accuracy"])
     metrics.log_metric("epochs_run", info["epochs_run"])

@@ -185,20 +185,99 @@ class CropFlip(keras.layers.Layer):
         return {**super().get_config(), "pad": self.pad}
 
 
-IMAGE_KEY, AUGMENT_KEY = "image", "augment"
+IMAGE_KEY, AUGMENT_KEY, TEACHER_KEY = "image", "augment", "teacher_logits"
 
 
-def training_model(model: Any, pad: int = 4) -> Any:
+def _batch_inputs(image_shape: tuple[int, ...], teacher_logits: bool) -> dict[str, Any]:
+    inputs = {
+        IMAGE_KEY: keras.Input(image_shape, dtype="uint8", name=IMAGE_KEY),
+        AUGMENT_KEY: keras.Input((3,), dtype="int32", name=AUGMENT_KEY),
+    }
+    if teacher_logits:
+        inputs[TEACHER_KEY] = keras.Input((NUM_CLASSES,), dtype="float32", name=TEACHER_KEY)
+    return inputs
+
+
+def training_model(model: Any, pad: int = 4, *, teacher_logits: bool = False) -> Any:
     """``model`` behind a :class:`CropFlip`: inputs ``{"image": uint8 (N,32,32,3),
     "augment": int32 (N,3)}`` (what :class:`BatchSequence` yields), same outputs.
 
     Training and validation go through it, so the crop and flip run on the device; it shares
     ``model``'s variables, and the stages save ``model`` itself (no augmentation inside).
+    With ``teacher_logits`` it also takes (and ignores) the batch's cached teacher logits,
+    float32 (N, 10), so that it shares its inputs with :func:`cached_teacher`.
     """
-    image = keras.Input(model.input_shape[1:], dtype="uint8", name=IMAGE_KEY)
-    params = keras.Input((3,), dtype="int32", name=AUGMENT_KEY)
-    x = CropFlip(pad, name="crop_flip")([image, params])
-    return keras.Model({IMAGE_KEY: image, AUGMENT_KEY: params}, model(x), name=f"{model.name}_fit")
+    inputs = _batch_inputs(model.input_shape[1:], teacher_logits)
+    x = CropFlip(pad, name="crop_flip")([inputs[IMAGE_KEY], inputs[AUGMENT_KEY]])
+    return keras.Model(inputs, model(x), name=f"{model.name}_fit")
+
+
+def cached_teacher() -> Any:
+    """The teacher of a cached distillation: returns the batch's ``"teacher_logits"``, the
+    logits :func:`cache_teacher_views` computed for exactly the views in the batch. It has the
+    inputs of ``training_model(student, teacher_logits=True)`` and no weights."""
+    inputs = _batch_inputs(IMAGE_SHAPE, teacher_logits=True)
+    logits = keras.layers.Identity(dtype="float32", name="cached_logits")(inputs[TEACHER_KEY])
+    return keras.Model(inputs, logits, name="cached_teacher")
+
+
+@dataclass(frozen=True)
+class TeacherViews:
+    """``K`` augmented views of each of ``N`` images and the teacher's logits for each.
+
+    Attributes:
+        augment: int32 (N, K, 3) ``(oy, ox, flip)`` rows (:func:`draw_augmentation`).
+        logits: float32 (N, K, C) the teacher's logits for each view (inference mode).
+    """
+
+    augment: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """K, the views per image."""
+        return int(self.augment.shape[1])
+
+
+def cache_teacher_views(
+    teacher: Any,
+    x: np.ndarray,
+    views: int,
+    *,
+    seed: int,
+    augment: bool = True,
+    pad: int = 4,
+) -> TeacherViews:
+    """The teacher's logits for ``views`` augmented views of every image of ``x``.
+
+    View ``k`` of the N images draws its crop offsets and flips from a generator keyed by
+    ``(seed, k)`` (identity rows without ``augment``); the teacher runs in inference mode
+    behind the same :class:`CropFlip` as in online distillation, in batches of
+    :func:`eval_batch_size`. Cost: ``views`` forward passes over ``x``.
+
+    Args:
+        teacher: the trained teacher (a plain model, uint8 images in, logits out).
+        x: uint8 (N, 32, 32, 3) images.
+        views: K >= 1.
+        seed: the run's seed.
+        augment: random views (else every view is the image itself).
+        pad: crop padding in pixels.
+    """
+    n = len(x)
+    if augment:
+        rows = [
+            draw_augmentation(np.random.default_rng([seed, k, 0, 3]), n, pad) for k in range(views)
+        ]
+    else:
+        rows = [identity_augmentation(n, pad)] * views
+    forward = training_model(teacher, pad)
+    logits = np.empty((n, views, NUM_CLASSES), np.float32)
+    for k in range(views):
+        out = forward.predict(
+            {IMAGE_KEY: x, AUGMENT_KEY: rows[k]}, batch_size=eval_batch_size(n), verbose=0
+        )
+        logits[:, k] = np.asarray(out, np.float32)
+    return TeacherViews(np.stack(rows, axis=1), logits)
 
 
 def _jax_accelerator() -> bool:
@@ -240,6 +319,10 @@ class BatchSequence(keras.utils.PyDataset):
     only move from NumPy into XLA, on the same cores), and on TensorFlow the input pipeline
     wraps the sequence in a ``tf.data`` generator, which would copy device tensors back to
     the host: there the host gathers the batch.
+
+    ``views`` (cached distillation, :func:`cache_teacher_views`): each image's crop and flip
+    come from one of its K cached views, drawn per image from ``(seed, e, i)`` (view 0 when
+    K = 1), and the batch adds that view's teacher logits as ``"teacher_logits"``.
     """
 
     def __init__(
@@ -255,8 +338,15 @@ class BatchSequence(keras.utils.PyDataset):
         pad: int = 4,
         drop_remainder: bool = False,
         on_device: bool | None = None,
+        views: TeacherViews | None = None,
     ) -> None:
         super().__init__()
+        if views is not None and views.augment.shape[:1] != (len(x),):
+            raise ConfigError(
+                f"teacher views cached for {views.augment.shape[0]} images, but the split has "
+                f"{len(x)}. Fix: cache them from the same images (cache_teacher_views)"
+            )
+        self.views = views
         self.drop_remainder = drop_remainder
         self.x, self.y = x, y.astype(np.int32)
         if on_device is None:
@@ -306,6 +396,15 @@ class BatchSequence(keras.utils.PyDataset):
             xb, yb = take(x_dev, y_dev, idx.astype(np.int32))
         else:
             xb, yb = self.x[idx], self.y[idx]
+        if self.views is not None:
+            k = self.views.count
+            rng = np.random.default_rng([self.seed, epoch, i, 2])
+            pick = rng.integers(k, size=len(idx)) if k > 1 else np.zeros(len(idx), np.intp)
+            return {
+                IMAGE_KEY: xb,
+                AUGMENT_KEY: self.views.augment[idx, pick],
+                TEACHER_KEY: self.views.logits[idx, pick],
+            }, yb
         if self.augment:
             params = draw_augmentation(
                 np.random.default_rng([self.seed, epoch, i, 1]), len(idx), self.pad
@@ -543,6 +642,7 @@ def fit(
     name: str,
     fingerprint_extra: str = "",
     log: Log = print,
+    views: tuple[TeacherViews, TeacherViews] | None = None,
 ) -> dict[str, list[float]]:
     """Train a compiled model (or Distiller) with checkpoints, resume and divergence checks.
 
@@ -558,6 +658,8 @@ def fit(
         name: the stage's name in progress lines.
         fingerprint_extra: anything besides ``cfg`` a checkpoint must match (e.g. data hash).
         log: where progress lines go.
+        views: cached teacher views of the training and the validation split (a distiller
+            from :func:`distill_trainer` with ``cfg.teacher_views``), or None.
 
     Returns:
         The history: per-epoch lists (``epoch`` 1-based, ``loss``, ``accuracy``,
@@ -578,9 +680,15 @@ def fit(
         augment=cfg.augment,
         start_epoch=start,
         drop_remainder=True,
+        views=views[0] if views else None,
     )
     val_seq = BatchSequence(
-        *val, eval_batch_size(len(val[0])), seed=cfg.seed, shuffle=False, augment=False
+        *val,
+        eval_batch_size(len(val[0])),
+        seed=cfg.seed,
+        shuffle=False,
+        augment=False,
+        views=views[1] if views else None,
     )
     hist = _HistoryAndGuard(ckpt / HISTORY_FILE, cfg, name, len(train_seq), log, saver.save)
     callbacks: list[Any] = [
@@ -690,6 +798,7 @@ def _finish(
     cfg: TrainConfig,
     role: str,
     stage: str,
+    extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     val = history.get("val_accuracy", [])
     info = {
@@ -703,6 +812,7 @@ def _finish(
         "best_epoch": int(np.argmax(val)) + 1 if val else None,
         "final_val_accuracy": val[-1] if val else None,
         "config": dataclasses.asdict(cfg),
+        **(extra or {}),
     }
     save_outputs(model, out_dir, history, info)
     shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
@@ -736,16 +846,27 @@ def distill_trainer(teacher: Any, cfg: DistillConfig, steps: int) -> tuple[Any, 
     """The student of ``cfg.preset`` and a compiled, built distiller from ``teacher``.
 
     Teacher and student each sit behind the same :class:`CropFlip`: fed the same offsets,
-    they see the same augmented images.
+    they see the same augmented images. With ``cfg.teacher_views`` the distiller's teacher is
+    :func:`cached_teacher` (the batches then carry the teacher's logits: ``fit(views=...)``).
     """
     student = build_model(cfg.preset, "student", seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     kd_distill.check_compatible(teacher, student)
-    distiller = kd_distill.make_distiller(training_model(teacher), training_model(student), cfg)
+    cached = cfg.teacher_views > 0
+    distiller = kd_distill.make_distiller(
+        cached_teacher() if cached else training_model(teacher),
+        training_model(student, teacher_logits=cached),
+        cfg,
+    )
     keras.utils.set_random_seed(cfg.seed)
     kd_distill.compile_distiller(distiller, make_optimizer(cfg, steps), cfg)
     # Built, so a resume can load.
-    image = np.zeros((1, *IMAGE_SHAPE), np.uint8)
-    distiller({IMAGE_KEY: image, AUGMENT_KEY: identity_augmentation(1)})
+    batch = {
+        IMAGE_KEY: np.zeros((1, *IMAGE_SHAPE), np.uint8),
+        AUGMENT_KEY: identity_augmentation(1),
+    }
+    if cached:
+        batch[TEACHER_KEY] = np.zeros((1, NUM_CLASSES), np.float32)
+    distiller(batch)
     return student, distiller
 
 
@@ -817,7 +938,10 @@ def distill_student(
     """Distill the student of ``cfg.preset`` from ``teacher`` (see :mod:`kd.distill`).
 
     The student starts from the same weights as the scratch student (same builder and seed);
-    validation loss and accuracy of the student are tracked every epoch.
+    validation loss and accuracy of the student are tracked every epoch. With
+    ``cfg.teacher_views`` = K the teacher's logits are cached first (:func:`cache_teacher_views`:
+    K views of the training split, the validation split as it is), and training reads them;
+    ``info.json`` then records ``teacher_cache_s``, the caching's wall time (s).
     """
     _validate_split("train", *train)
     _validate_split("validation", *val)
@@ -829,6 +953,26 @@ def distill_student(
     out = Path(out_dir)
     steps = steps_per_epoch(len(train[0]), cfg.batch_size)
     student, distiller = distill_trainer(teacher, cfg, steps)
+    views, extra = None, {}
+    if cfg.teacher_views:
+        if cfg.teacher_views >= cfg.epochs:
+            log(
+                f"[distill_student] note: teacher_views={cfg.teacher_views} costs as many "
+                f"teacher passes as the online teacher's {cfg.epochs} epochs, or more"
+            )
+        t0 = time.perf_counter()
+        views = (
+            cache_teacher_views(
+                teacher, train[0], cfg.teacher_views, seed=cfg.seed, augment=cfg.augment
+            ),
+            cache_teacher_views(teacher, val[0], 1, seed=cfg.seed, augment=False),
+        )
+        extra["teacher_cache_s"] = time.perf_counter() - t0
+        log(
+            f"[distill_student] cached the teacher's logits for {cfg.teacher_views} view(s) of "
+            f"{len(train[0])} training images and the validation split "
+            f"({extra['teacher_cache_s']:.1f} s)"
+        )
     history = fit(
         distiller,
         train,
@@ -838,5 +982,6 @@ def distill_student(
         name="distill_student",
         fingerprint_extra=_data_fingerprint(train) + str(count_params(teacher)),
         log=log,
+        views=views,
     )
-    return _finish(student, history, out, cfg, "student", "distill_student")
+    return _finish(student, history, out, cfg, "student", "distill_student", extra)

@@ -153,6 +153,7 @@ def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
             params,
             temperature=params["temperature"],
             alpha=params["alpha"],
+            teacher_views=params["teacher_views"],
         ),
         "evaluate": EvalConfig(
             batch_size=params["eval_batch_size"], latency_runs=params["latency_runs"]
@@ -183,7 +184,9 @@ def validate_params(params: dict[str, Any]) -> None:
                 "temperature and alpha. Fix: e.g. "
                 '{"temperature": 4, "alpha": 0.1}'
             )
-        _stage_config(DistillConfig, "student_", params, **point)
+        _stage_config(
+            DistillConfig, "student_", params, **point, teacher_views=params["teacher_views"]
+        )
 
 
 def check_source(source: str) -> Path | None:

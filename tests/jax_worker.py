@@ -83,6 +83,16 @@ before = [w.copy() for w in teacher.get_weights()]
 res = distill_student(teacher, tr, va, DistillConfig(**cfg), f"{out}/distill", log=lambda m: None)
 unchanged = all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights(), strict=True))
 logits = np.asarray(res.model.predict(data.x_test[:8].astype("float32"), verbose=0))
+# Cached teacher logits (DistillConfig.teacher_views) with device-resident batches: the batch's
+# images come from the device, its crop rows and teacher logits from the host's cache.
+DeviceBatches.made = 0
+kt.BatchSequence = DeviceBatches
+try:
+    cached = distill_student(
+        teacher, tr, va, DistillConfig(**cfg, teacher_views=2), f"{out}/cached", log=lambda m: None
+    )
+finally:
+    kt.BatchSequence = DeviceBatches.__bases__[0]
 print(
     json.dumps(
         {
@@ -94,6 +104,8 @@ print(
             "device_batches_are_device_arrays": bool(device_arrays),
             "device_and_host_batches_identical": bool(same_batches),
             "device_and_host_training_identical": bool(same_training),
+            "cached_on_device": DeviceBatches.made == 2,
+            "cached_history": cached.history,
         }
     )
 )

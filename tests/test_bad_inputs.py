@@ -763,7 +763,7 @@ def call_distill(o: Outputs, **override: Any) -> None:
     from components.distill_student import distill_student
 
     missing = o.root.parent / "never-read"
-    kd_values = {"temperature": 5.0, "alpha": 0.1}
+    kd_values = {"temperature": 5.0, "alpha": 0.1, "teacher_views": 0}
     kd_values.update({k: override.pop(k) for k in list(override) if k in kd_values})
     distill_student.python_func(
         teacher=_art("Model", missing / "teacher"),
@@ -838,6 +838,8 @@ HYPERPARAMETER_CASES = [
     _hp(call_distill, "temperature", float("inf"), "temperature-inf"),
     _hp(call_distill, "alpha", 1.5, "alpha-above-1"),
     _hp(call_distill, "alpha", -0.1, "alpha-negative"),
+    _hp(call_distill, "teacher_views", -1, "teacher_views-negative"),
+    _hp(call_distill, "teacher_views", 65, "teacher_views-too-many"),
     _hp(call_evaluate, "batch_size", 0, "eval-batch_size-0"),
     _hp(call_evaluate, "latency_runs", 0, "latency_runs-0"),
     _hp(call_evaluate, "min_kd_gain", 500.0, "min_kd_gain-out-of-range"),
@@ -1076,6 +1078,7 @@ def test_bad_teacher_model(
             **_train_args(epochs=1),
             temperature=5.0,
             alpha=0.1,
+            teacher_views=0,
             model=_art("Model", outputs.root / "model"),
             metrics=_art("Metrics", outputs.root / "metrics"),
         )
@@ -1301,6 +1304,11 @@ CLI_CASES = [
     ),
     pytest.param(
         ["--param", "alpha=2"], ("invalid alpha=2", "must be in [0.0, 1.0]"), id="alpha-2"
+    ),
+    pytest.param(
+        ["--param", "student_augment=false", "--param", "teacher_views=4"],
+        ("invalid teacher_views=4", "augment=False"),
+        id="teacher-views-without-augment",
     ),
     pytest.param(
         ["--param", "teacher_learning_rate=NaN"],

@@ -13,7 +13,7 @@ from components.evaluate import evaluate
 from components.export_model import export_model
 from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
-from kd.config import StudentConfig, TeacherConfig
+from kd.config import DistillConfig, StudentConfig, TeacherConfig
 from kd.errors import ArtifactError
 
 TRAIN = dict(
@@ -76,7 +76,9 @@ def chain(tmp_path_factory):
     for name, comp, extra in (
         ("teacher", train_teacher, {}),
         ("scratch", train_student_scratch, {}),
-        ("distilled", distill_student, {"temperature": 4.0, "alpha": 0.2}),
+        # The chain's distillation caches the teacher (two views); the online teacher runs in
+        # the local pipeline runs.
+        ("distilled", distill_student, {"temperature": 4.0, "alpha": 0.2, "teacher_views": 2}),
     ):
         model, metrics = (
             _art(dsl.Model, root, f"{name}_model"),
@@ -142,6 +144,9 @@ def test_training_components_write_models_and_metrics(chain):
         assert "best_val_accuracy" in m[f"{name}_metrics"].metadata
     info = json.loads((Path(m["distilled"].path) / "info.json").read_text())
     assert info["config"]["temperature"] == 4.0 and info["config"]["alpha"] == 0.2
+    assert info["config"]["teacher_views"] == 2 and info["teacher_cache_s"] > 0
+    assert m["distilled_metrics"].metadata["teacher_cache_s"] == info["teacher_cache_s"]
+    assert m["distilled"].metadata["teacher_views"] == 2
     hist = json.loads((Path(m["distilled"].path) / "history.json").read_text())
     assert "val_accuracy" in hist and "distillation_loss" in hist
 
@@ -217,7 +222,7 @@ def test_component_parameters_match_the_configs():
     for comp, cfg in ((train_teacher, TeacherConfig), (train_student_scratch, StudentConfig)):
         params = set(inspect.signature(comp.python_func).parameters)
         assert set(cfg.__dataclass_fields__) <= params
-    assert {"temperature", "alpha"} <= set(
+    assert set(DistillConfig.__dataclass_fields__) <= set(
         inspect.signature(distill_student.python_func).parameters
     )
     assert np.isfinite(TeacherConfig().learning_rate)

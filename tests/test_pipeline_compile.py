@@ -111,6 +111,7 @@ def test_parameter_defaults_come_from_the_configs(tmp_path):
     params = _compile(tmp_path)["root"]["inputDefinitions"]["parameters"]
     assert params["temperature"]["defaultValue"] == DistillConfig().temperature
     assert params["alpha"]["defaultValue"] == DistillConfig().alpha
+    assert params["teacher_views"]["defaultValue"] == DistillConfig().teacher_views
     assert params["teacher_epochs"]["defaultValue"] == TeacherConfig().epochs
     assert params["source"]["defaultValue"] == "sample"
 

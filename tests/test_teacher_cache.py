@@ -1,0 +1,153 @@
+"""Distillation from cached teacher logits (``DistillConfig.teacher_views``): the cache holds
+the teacher's logits of exactly the views the student trains on, and the loss is the online
+distiller's."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from kd.config import MAX_TEACHER_VIEWS, DistillConfig
+from kd.errors import ConfigError
+from kd.models import build_model
+from kd.train import (
+    AUGMENT_KEY,
+    IMAGE_KEY,
+    INFO_FILE,
+    TEACHER_KEY,
+    BatchSequence,
+    cache_teacher_views,
+    crop_flip,
+    distill_student,
+    distill_trainer,
+    identity_augmentation,
+)
+
+RNG = np.random.default_rng(7)
+
+
+def _data(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return RNG.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % 10
+
+
+def _teacher() -> keras.Model:
+    # The seed student as a stand-in teacher: small, and the model family the stages load.
+    return build_model("seed", "student", seed=3)
+
+
+def _logits(model: keras.Model, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    images = keras.ops.convert_to_numpy(crop_flip(x, rows))
+    return keras.ops.convert_to_numpy(model(images, training=False))
+
+
+def test_cached_logits_are_the_teachers_logits_of_each_cached_view():
+    x, _ = _data(24)
+    teacher = _teacher()
+    views = cache_teacher_views(teacher, x, 3, seed=11)
+    assert views.count == 3
+    assert views.augment.shape == (24, 3, 3) and views.augment.dtype == np.int32
+    assert views.logits.shape == (24, 3, 10) and views.logits.dtype == np.float32
+    for k in range(3):
+        np.testing.assert_allclose(
+            views.logits[:, k], _logits(teacher, x, views.augment[:, k]), rtol=1e-4, atol=1e-4
+        )
+    # Three different views of each image, not one view three times.
+    assert not np.array_equal(views.augment[:, 0], views.augment[:, 1])
+    assert not np.allclose(views.logits[:, 0], views.logits[:, 1], atol=1e-3)
+    # The same seed gives the same views; without augmentation every view is the image.
+    again = cache_teacher_views(teacher, x, 3, seed=11)
+    np.testing.assert_array_equal(again.augment, views.augment)
+    plain = cache_teacher_views(teacher, x, 1, seed=11, augment=False)
+    np.testing.assert_array_equal(plain.augment[:, 0], identity_augmentation(24))
+
+
+def test_each_batch_trains_on_one_cached_view_per_image_with_its_logits():
+    x, y = _data(40)
+    views = cache_teacher_views(_teacher(), x, 4, seed=0)
+    seq = BatchSequence(x, y, 8, seed=5, shuffle=True, augment=True, views=views)
+    used = set()
+    for epoch in range(3):
+        for i in range(len(seq)):
+            inputs, labels = seq.batch(epoch, i)
+            assert set(inputs) == {IMAGE_KEY, AUGMENT_KEY, TEACHER_KEY}
+            for image, row, logit, label in zip(
+                inputs[IMAGE_KEY], inputs[AUGMENT_KEY], inputs[TEACHER_KEY], labels, strict=True
+            ):
+                n = int(np.flatnonzero((x == image).all(axis=(1, 2, 3)))[0])
+                assert label == y[n]
+                k = [j for j in range(4) if (views.augment[n, j] == row).all()]
+                assert k, "the batch's crop and flip are not one of the image's cached views"
+                np.testing.assert_array_equal(logit, views.logits[n, k[0]])
+                used.add((n, k[0]))
+    # The views are drawn per image: over three epochs most images meet more than one.
+    assert len(used) > 60
+    # Pure in (seed, epoch, index), as without a cache (resume depends on it).
+    a, b = seq.batch(2, 1), seq.batch(2, 1)
+    np.testing.assert_array_equal(a[0][AUGMENT_KEY], b[0][AUGMENT_KEY])
+
+
+def test_a_cache_of_other_images_is_refused():
+    x, y = _data(20)
+    views = cache_teacher_views(_teacher(), x[:10], 1, seed=0)
+    with pytest.raises(ConfigError, match="cached for 10 images, but the split has 20"):
+        BatchSequence(x, y, 5, seed=0, shuffle=False, augment=True, views=views)
+
+
+def test_the_cached_distillers_loss_is_the_online_distillers_on_the_same_views():
+    x, y = _data(32)
+    teacher = _teacher()
+    cfg = DistillConfig(epochs=1, batch_size=16, divergence_check_epoch=0)
+    _, online = distill_trainer(teacher, cfg, 2)
+    _, cached = distill_trainer(teacher, DistillConfig(**{**vars(cfg), "teacher_views": 2}), 2)
+    cached.student.set_weights(online.student.get_weights())  # built alike: same start
+    views = cache_teacher_views(teacher, x, 2, seed=cfg.seed)
+    seq = BatchSequence(x, y, 16, seed=cfg.seed, shuffle=True, augment=True, views=views)
+    inputs, labels = seq.batch(0, 1)
+    plain = {IMAGE_KEY: inputs[IMAGE_KEY], AUGMENT_KEY: inputs[AUGMENT_KEY]}
+    a = keras.ops.convert_to_numpy(online.compute_loss(plain, labels, training=False))
+    b = keras.ops.convert_to_numpy(cached.compute_loss(inputs, labels, training=False))
+    np.testing.assert_allclose(b, a, rtol=1e-4)
+    # Other logits in the batch give another loss: the cached teacher is what is read.
+    shuffled = {**inputs, TEACHER_KEY: inputs[TEACHER_KEY][::-1]}
+    c = keras.ops.convert_to_numpy(cached.compute_loss(shuffled, labels, training=False))
+    assert abs(float(c) - float(a)) > 1e-3
+
+
+def test_one_cached_unaugmented_view_trains_exactly_as_the_online_teacher(tmp_path):
+    """Without augmentation every step's view is the image itself, so caching one view must
+    change nothing but where the teacher's logits come from."""
+    x, y = _data(64)
+    teacher = _teacher()
+    cfg = DistillConfig(
+        epochs=2, batch_size=16, augment=False, divergence_check_epoch=0, warmup_epochs=0
+    )
+    online = distill_student(teacher, (x, y), (x[:32], y[:32]), cfg, tmp_path / "online")
+    cached_cfg = DistillConfig(**{**vars(cfg), "teacher_views": 1})
+    lines: list[str] = []
+    cached = distill_student(
+        teacher, (x, y), (x[:32], y[:32]), cached_cfg, tmp_path / "cached", log=lines.append
+    )
+    for key in ("loss", "distillation_loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(cached.history[key], online.history[key], rtol=2e-4)
+    info = json.loads((tmp_path / "cached" / INFO_FILE).read_text())
+    assert info["config"]["teacher_views"] == 1 and info["teacher_cache_s"] > 0
+    assert "teacher_cache_s" not in online.info
+    assert any("cached the teacher's logits for 1 view(s) of 64" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("views", "augment", "words"),
+    [
+        (-1, True, "must be an integer >= 0"),
+        (MAX_TEACHER_VIEWS + 1, True, f"must be <= {MAX_TEACHER_VIEWS}"),
+        (2, False, "must be 0 or 1 with augment=False"),
+    ],
+)
+def test_bad_teacher_views_are_refused_by_the_config(views, augment, words):
+    with pytest.raises(ConfigError, match="invalid teacher_views") as err:
+        DistillConfig(teacher_views=views, augment=augment)
+    assert words in str(err.value)
+    assert DistillConfig(teacher_views=1, augment=False).teacher_views == 1
