@@ -12,6 +12,11 @@ student in a second process), as the pipeline's graph allows (neither needs the 
 distills; each seed's ``three_trainings_wall_s`` is the wall time from the teacher's start to
 the distilled student's end, compilation included.
 
+``--teacher-views K [K ...]`` also distills, after the online distillation, one student per K
+from the teacher's cached logits (``DistillConfig.teacher_views = K``), from the same teacher,
+split and seed; each is timed (``distill_views_K_s``, the caching included) and its test
+accuracy recorded as ``student_distilled_views_K``.
+
 ``--jobs N`` runs N seeds at once, each in its own process (on one GPU they share the device:
 their stage times then measure throughput under sharing, not a lone run's speed); each seed's
 JSON is written as soon as it finishes, next to the summary. ``--reports DIR`` keeps each
@@ -95,6 +100,18 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     stages.distill_student(str(work / "teacher"), train, val, distill_cfg, str(work / "distill"))
     times["distill_s"] = time.perf_counter() - t
     times["three_trainings_wall_s"] = time.perf_counter() - start
+    cached = {}
+    for k in args.teacher_views:
+        cfg_k = DistillConfig(**{**distill_cfg.__dict__, "teacher_views": k})
+        t = time.perf_counter()
+        info = stages.distill_student(
+            str(work / "teacher"), train, val, cfg_k, str(work / f"distill-views-{k}")
+        )
+        times[f"distill_views_{k}_s"] = time.perf_counter() - t
+        times[f"teacher_cache_views_{k}_s"] = info["teacher_cache_s"]
+        cached[f"student_distilled_views_{k}"] = _test_accuracy(
+            work / f"distill-views-{k}", (paths["test"], shas["test"])
+        )
     out = stages.evaluate(
         {
             "teacher": str(work / "teacher"),
@@ -123,7 +140,7 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     }
     return {
         "seed": seed,
-        "accuracy": {n: r["accuracy"] for n, r in out["results"].items()},
+        "accuracy": {**{n: r["accuracy"] for n, r in out["results"].items()}, **cached},
         "comparison": out["comparison"],
         "times": times,
         "histories": histories,
@@ -134,6 +151,19 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
             "distill": distill_cfg.__dict__,
         },
     }
+
+
+def _test_accuracy(model_dir: Path, test: tuple[str, str]) -> float:
+    """Top-1 accuracy (fraction) of a saved model on the test split."""
+    import numpy as np
+
+    from kd.data import load_dataset
+    from kd.evaluate import predict_logits
+    from kd.train import load_model
+
+    x, y = load_dataset(test[0], expected_sha256=test[1])
+    logits = predict_logits(load_model(model_dir), x, EvalConfig().batch_size)
+    return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
 def _run_parallel(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
@@ -200,6 +230,13 @@ def main() -> None:
     )
     ap.add_argument("--temperature", type=float, default=DistillConfig().temperature)
     ap.add_argument("--alpha", type=float, default=DistillConfig().alpha)
+    ap.add_argument(
+        "--teacher-views",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also distill from the teacher's cached logits, K views each (e.g. 1 4)",
+    )
     ap.add_argument("--mixed-precision", action="store_true")
     ap.add_argument("--train-per-class", type=int, default=0, help="subsample (0 = all)")
     ap.add_argument("--test-per-class", type=int, default=0, help="subsample (0 = all)")
