@@ -29,6 +29,7 @@ bench/results/), with the command line recorded inside each file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -69,7 +70,12 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "mixed_precision": args.mixed_precision,
     }
-    teacher_cfg = TeacherConfig(epochs=args.teacher_epochs, learning_rate=args.teacher_lr, **common)
+    teacher_cfg = TeacherConfig(
+        epochs=args.teacher_epochs,
+        learning_rate=args.teacher_lr,
+        augment=args.teacher_augment,
+        **common,
+    )
     student = {"epochs": args.student_epochs, "learning_rate": args.student_lr}
     student_cfg = StudentConfig(**student, **common)
     distill_cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, **student, **common)
@@ -102,7 +108,7 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     times["three_trainings_wall_s"] = time.perf_counter() - start
     cached = {}
     for k in args.teacher_views:
-        cfg_k = DistillConfig(**{**distill_cfg.__dict__, "teacher_views": k})
+        cfg_k = dataclasses.replace(distill_cfg, teacher_views=k)
         t = time.perf_counter()
         info = stages.distill_student(
             str(work / "teacher"), train, val, cfg_k, str(work / f"distill-views-{k}")
@@ -155,15 +161,13 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
 
 def _test_accuracy(model_dir: Path, test: tuple[str, str]) -> float:
     """Top-1 accuracy (fraction) of a saved model on the test split."""
-    import numpy as np
-
     from kd.data import load_dataset
-    from kd.evaluate import predict_logits
+    from kd.evaluate import classification_metrics, predict_logits
     from kd.train import load_model
 
     x, y = load_dataset(test[0], expected_sha256=test[1])
     logits = predict_logits(load_model(model_dir), x, EvalConfig().batch_size)
-    return float(np.mean(np.argmax(logits, axis=1) == y))
+    return float(classification_metrics(y, logits)["accuracy"])
 
 
 def _run_parallel(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
@@ -223,6 +227,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=TeacherConfig().batch_size)
     ap.add_argument("--teacher-lr", type=float, default=TeacherConfig().learning_rate)
     ap.add_argument(
+        "--teacher-augment",
+        action=argparse.BooleanOptionalAction,
+        default=TeacherConfig().augment,
+        help="crop + flip for the teacher (the local runner's demo profile turns it off)",
+    )
+    ap.add_argument(
         "--student-lr",
         type=float,
         default=StudentConfig().learning_rate,
@@ -251,6 +261,12 @@ def main() -> None:
     )
     ap.add_argument("--out", required=True, help="summary JSON path")
     args = ap.parse_args()
+    for k in args.teacher_views:  # before any training: a bad K would fail after the rest
+        if k < 1:
+            raise SystemExit(
+                f"error: --teacher-views {k}: each K must be >= 1 (0 is the online run)"
+            )
+        DistillConfig(teacher_views=k)
     import keras
 
     from kd.evaluate import aggregate_runs, machine_info

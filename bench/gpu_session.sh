@@ -17,8 +17,9 @@
 #   bash bench/gpu_session.sh steps      # bench.step_time: a training step through fit, as a
 #                                        # jitted loop and as a scan of 8, per stage and for the
 #                                        # host stand-in, with profiler traces of 20 steps
-#                                        # (read here: python -m bench.trace_summary); not yet
-#                                        # run on a GPU
+#                                        # (read here: python -m bench.trace_summary) and each
+#                                        # stage's per-epoch checkpoint save; not yet run on a
+#                                        # GPU
 #   bash bench/gpu_session.sh data       # part 2, unpack + SHA-256 check -> /root/cifar10
 #   bash bench/gpu_session.sh wall       # the three trainings of the seed preset, 60 epochs,
 #                                        # bfloat16, alone on the GPU, teacher and scratch at

@@ -29,6 +29,10 @@ images, the checkpoint, the history: what a stage does each epoch) and reports
 per-epoch and validation costs of the library's loop, set against the part of the GPU
 stages' epochs that shrinks with neither batch nor model (docs/RESULTS.md, section 2).
 
+Each stage also times its per-epoch checkpoint (``checkpoint``: ``kd.train.EpochCheckpoint``'s
+save of the model's and the optimizer's state, as ``fit`` writes one after every epoch; median
+of ``--repeats`` saves, with the file's size), a fixed cost of every epoch.
+
 ``fit - jit`` is the input pipeline and Keras's loop; ``jit - scan`` the per-step dispatch.
 Before timing, the scan's result is checked against ``--scan`` single steps from the same
 state (same loss), so both time the same work. The device and host time of a real epoch are
@@ -113,6 +117,21 @@ def time_host_epochs(
     }
 
 
+def time_checkpoint(model: Any, repeats: int) -> dict[str, Any]:
+    """ms per ``EpochCheckpoint.save`` of ``model`` (weights and optimizer state, temporary
+    file then rename), median of ``repeats``, and the file's size in bytes."""
+    import tempfile
+
+    from kd.train import EpochCheckpoint
+
+    with tempfile.TemporaryDirectory(prefix="kd-ckpt-") as tmp:
+        saver = EpochCheckpoint(Path(tmp))
+        saver.set_model(model)
+        ms = _median_ms(lambda: saver.save(0), 1, repeats)
+        size = saver.latest()[1].stat().st_size  # type: ignore[union-attr]
+    return {"save_ms": ms, "bytes": size}
+
+
 def _median_ms(fn: Any, steps: int, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -194,7 +213,8 @@ def time_stage(
     timer = EpochTimes()
     model.fit(seq, epochs=1 + repeats, verbose=0, shuffle=False, callbacks=[timer])
     fit_ms = statistics.median(t * 1000 / steps for t in timer.times[1:])
-    if trace is not None:  # before the loops below donate the model's variables
+    checkpoint = time_checkpoint(model, repeats)  # before the loops below donate the variables
+    if trace is not None:
         folder, stage, short = trace
         trace_fit(model, short, folder / f"{stage}-fit", fit_ms)
 
@@ -261,6 +281,7 @@ def time_stage(
         "input_and_keras_loop_ms": fit_ms - jit_ms,
         "dispatch_ms": jit_ms - scan_ms,
         "scan_losses_match_single_steps": True,
+        "checkpoint": checkpoint,
     }
 
 

@@ -263,6 +263,11 @@ def cache_teacher_views(
         augment: random views (else every view is the image itself).
         pad: crop padding in pixels.
     """
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise ConfigError(
+            f"cache_teacher_views needs views >= 1, got {views!r}. Fix: pass K >= 1 (0 means "
+            "no cache: distill with the online teacher)"
+        )
     n = len(x)
     if augment:
         rows = [
@@ -667,6 +672,13 @@ def fit(
         ``student_loss`` and ``distillation_loss``), also written to ``out_dir/history.json``
         as the run goes.
     """
+    cached = getattr(cfg, "teacher_views", 0) > 0
+    if cached != (views is not None):
+        raise ConfigError(
+            f"[{name}] teacher_views={getattr(cfg, 'teacher_views', 0)} but teacher views were "
+            f"{'not ' if views is None else ''}passed to fit. Fix: pass the views of "
+            "cache_teacher_views exactly when the config caches the teacher"
+        )
     out = Path(out_dir)
     ckpt = out / CHECKPOINT_DIR
     _prepare_checkpoint(ckpt, _config_fingerprint(cfg, fingerprint_extra), log, name)
@@ -828,6 +840,14 @@ def _data_fingerprint(train: tuple[np.ndarray, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _weights_fingerprint(model: Any) -> str:
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(str(w.shape).encode())
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
 def supervised_trainer(cfg: TrainConfig, role: str, steps: int) -> tuple[Any, Any]:
     """The ``role`` model of ``cfg.preset`` and its compiled :func:`training_model` (hard-label
     loss, the config's optimizer and schedule over ``steps`` steps per epoch)."""
@@ -953,12 +973,20 @@ def distill_student(
     out = Path(out_dir)
     steps = steps_per_epoch(len(train[0]), cfg.batch_size)
     student, distiller = distill_trainer(teacher, cfg, steps)
+    # The teacher's weights, not only its size: a resume with another teacher starts afresh.
+    fingerprint = _data_fingerprint(train) + _weights_fingerprint(teacher)
     views, extra = None, {}
     if cfg.teacher_views:
+        # The output folder is checked (and a checkpoint of another config discarded) before
+        # the teacher passes of the cache, not after them.
+        _prepare_checkpoint(
+            out / CHECKPOINT_DIR, _config_fingerprint(cfg, fingerprint), log, "distill_student"
+        )
         if cfg.teacher_views >= cfg.epochs:
             log(
                 f"[distill_student] note: teacher_views={cfg.teacher_views} costs as many "
-                f"teacher passes as the online teacher's {cfg.epochs} epochs, or more"
+                f"teacher passes as the online teacher's {cfg.epochs} epochs, or more; "
+                "use fewer views, or teacher_views=0 (online)"
             )
         t0 = time.perf_counter()
         views = (
@@ -980,7 +1008,7 @@ def distill_student(
         cfg,
         out,
         name="distill_student",
-        fingerprint_extra=_data_fingerprint(train) + str(count_params(teacher)),
+        fingerprint_extra=fingerprint,
         log=log,
         views=views,
     )

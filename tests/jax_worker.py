@@ -93,6 +93,13 @@ try:
     )
 finally:
     kt.BatchSequence = DeviceBatches.__bases__[0]
+cached_host = distill_student(
+    teacher, tr, va, DistillConfig(**cfg, teacher_views=2), f"{out}/cached-host", log=lambda m: None
+)
+same_cached_training = all(
+    np.array_equal(a, b)
+    for a, b in zip(cached.model.get_weights(), cached_host.model.get_weights(), strict=True)
+)
 print(
     json.dumps(
         {
@@ -106,6 +113,7 @@ print(
             "device_and_host_training_identical": bool(same_training),
             "cached_on_device": DeviceBatches.made == 2,
             "cached_history": cached.history,
+            "cached_device_and_host_training_identical": bool(same_cached_training),
         }
     )
 )

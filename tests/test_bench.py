@@ -143,6 +143,10 @@ def test_step_time_splits_a_training_step_on_jax(tmp_path):
         epoch["fit_epoch_s"] - 4 * result["stages"]["host"]["fit_ms_per_step"] / 1000
     )
     assert "epoch" not in result["stages"]["scratch"]
+    # The per-epoch checkpoint holds the weights and the SGD momentum: 2 x 4 bytes a parameter.
+    assert all(stage["checkpoint"]["save_ms"] > 0 for stage in result["stages"].values())
+    assert result["stages"]["scratch"]["checkpoint"]["bytes"] > 2 * 4 * 545_098
+    assert result["stages"]["host"]["checkpoint"]["bytes"] < 100_000
     # The stand-in leaves the device next to nothing: its steps are far cheaper.
     assert (
         result["stages"]["host"]["jit_ms_per_step"] < result["stages"]["scratch"]["jit_ms_per_step"]

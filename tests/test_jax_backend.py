@@ -38,6 +38,7 @@ def test_library_runs_on_jax(tmp_path):
     assert out["cached_on_device"] is True and cached["epoch"] == [1, 2]
     assert all(np.isfinite(cached[k]).all() for k in ("loss", "distillation_loss", "val_loss"))
     assert cached["distillation_loss"][0] > 0
+    assert out["cached_device_and_host_training_identical"] is True
 
     from kd.data import load_cifar10
     from kd.train import load_model

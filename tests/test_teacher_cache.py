@@ -4,6 +4,7 @@ distiller's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import keras
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from kd.config import MAX_TEACHER_VIEWS, DistillConfig
-from kd.errors import ConfigError
+from kd.errors import ArtifactError, ConfigError
 from kd.models import build_model
 from kd.train import (
     AUGMENT_KEY,
@@ -101,7 +102,7 @@ def test_the_cached_distillers_loss_is_the_online_distillers_on_the_same_views()
     teacher = _teacher()
     cfg = DistillConfig(epochs=1, batch_size=16, divergence_check_epoch=0)
     _, online = distill_trainer(teacher, cfg, 2)
-    _, cached = distill_trainer(teacher, DistillConfig(**{**vars(cfg), "teacher_views": 2}), 2)
+    _, cached = distill_trainer(teacher, dataclasses.replace(cfg, teacher_views=2), 2)
     cached.student.set_weights(online.student.get_weights())  # built alike: same start
     views = cache_teacher_views(teacher, x, 2, seed=cfg.seed)
     seq = BatchSequence(x, y, 16, seed=cfg.seed, shuffle=True, augment=True, views=views)
@@ -125,7 +126,7 @@ def test_one_cached_unaugmented_view_trains_exactly_as_the_online_teacher(tmp_pa
         epochs=2, batch_size=16, augment=False, divergence_check_epoch=0, warmup_epochs=0
     )
     online = distill_student(teacher, (x, y), (x[:32], y[:32]), cfg, tmp_path / "online")
-    cached_cfg = DistillConfig(**{**vars(cfg), "teacher_views": 1})
+    cached_cfg = dataclasses.replace(cfg, teacher_views=1)
     lines: list[str] = []
     cached = distill_student(
         teacher, (x, y), (x[:32], y[:32]), cached_cfg, tmp_path / "cached", log=lines.append
@@ -151,3 +152,71 @@ def test_bad_teacher_views_are_refused_by_the_config(views, augment, words):
         DistillConfig(teacher_views=views, augment=augment)
     assert words in str(err.value)
     assert DistillConfig(teacher_views=1, augment=False).teacher_views == 1
+
+
+def test_the_output_folder_is_checked_before_the_teacher_passes(tmp_path, monkeypatch):
+    import kd.train
+
+    def must_not_cache(*args, **kwargs):
+        raise AssertionError("the cache was built for an output that cannot be written")
+
+    monkeypatch.setattr(kd.train, "cache_teacher_views", must_not_cache)
+    (tmp_path / "file").write_text("not a folder")
+    x, y = _data(32)
+    cfg = DistillConfig(epochs=1, batch_size=16, divergence_check_epoch=0, teacher_views=2)
+    with pytest.raises(ArtifactError, match="cannot create the output folder"):
+        distill_student(_teacher(), (x, y), (x[:16], y[:16]), cfg, tmp_path / "file" / "d")
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_checkpoint_resumes_only_with_the_teacher_it_was_cached_from(tmp_path):
+    """The cache is rebuilt from the teacher passed at resume: a checkpoint trained on another
+    teacher's logits (same architecture) is discarded, the same teacher's resumed."""
+    x, y = _data(64)
+    cfg = DistillConfig(epochs=2, batch_size=16, divergence_check_epoch=0, teacher_views=2)
+    teacher, other = _teacher(), build_model("seed", "student", seed=4)
+
+    def stop_in_epoch_2(line: str) -> None:
+        if "epoch 2/2 step" in line:
+            raise _Stop  # epoch 1 and its checkpoint are written
+
+    out = tmp_path / "d"
+    with pytest.raises(_Stop):
+        distill_student(teacher, (x, y), (x[:16], y[:16]), cfg, out, log=stop_in_epoch_2)
+    lines: list[str] = []
+    with pytest.raises(_Stop):
+        distill_student(other, (x, y), (x[:16], y[:16]), cfg, out, log=_both(lines))
+    assert any("discarding a checkpoint" in line for line in lines)
+    assert not any("resuming" in line for line in lines)
+    lines.clear()
+    with pytest.raises(_Stop):  # the other teacher's epoch 1 was checkpointed: it resumes
+        distill_student(other, (x, y), (x[:16], y[:16]), cfg, out, log=_both(lines))
+    assert any("resuming after epoch 1/2" in line for line in lines)
+
+
+def _both(lines: list[str]):
+    def log(line: str) -> None:
+        lines.append(line)
+        if "epoch 2/2 step" in line:
+            raise _Stop
+
+    return log
+
+
+def test_fit_refuses_views_its_config_does_not_cache(tmp_path):
+    from kd.train import fit
+
+    x, y = _data(32)
+    views = cache_teacher_views(_teacher(), x, 1, seed=0)
+    cfg = DistillConfig(epochs=1, batch_size=16, divergence_check_epoch=0)
+    with pytest.raises(ConfigError, match="teacher_views=0 but teacher views were passed"):
+        fit(None, (x, y), (x, y), cfg, tmp_path, name="d", views=(views, views))
+    cached = dataclasses.replace(cfg, teacher_views=1)
+    with pytest.raises(ConfigError, match="teacher_views=1 but teacher views were not passed"):
+        fit(None, (x, y), (x, y), cached, tmp_path, name="d")
+    with pytest.raises(ConfigError, match="needs views >= 1"):
+        cache_teacher_views(_teacher(), x, 0, seed=0)
+    assert not any(tmp_path.iterdir())

@@ -2,8 +2,9 @@
 
     python tests/train_worker.py STAGE OUT_DIR [TEACHER_DIR]
 
-STAGE is teacher, scratch or distill. Trains on the first 400 images of the shipped sample
-(4 epochs, batch 50), so an epoch takes a second or two on a CPU.
+STAGE is teacher, scratch, distill or distill-cached (3 cached teacher views). Trains on the
+first 400 images of the shipped sample (4 epochs, batch 50), so an epoch takes a second or two
+on a CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def main() -> None:
     elif stage == "distill":
         teacher = load_model(sys.argv[3])
         distill_student(teacher, train, val, DistillConfig(**common), out)
+    elif stage == "distill-cached":
+        # A resumed run caches the teacher again: it must get the same views.
+        teacher = load_model(sys.argv[3])
+        distill_student(teacher, train, val, DistillConfig(teacher_views=3, **common), out)
     else:
         raise SystemExit(f"unknown stage {stage}")
 
