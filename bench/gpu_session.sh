@@ -34,7 +34,10 @@
 #                         # (a short schedule would only repeat the 30-epoch result); its
 #                         # students (BatchNorm) at peak lr RESNET_STUDENT_LR (0.1). SHARING
 #                         # (1.0, the safe bound) scales the plan's sum of lone-run times;
-#                         # session 3 measured 0.48 for three seed-preset runs at once
+#                         # session 3 measured 0.48 for three seed-preset runs at once;
+#                         # SEED_VIEWS (e.g. "4 8") adds one distillation from cached teacher
+#                         # logits per K to each seed-preset run (bench.accuracy
+#                         # --teacher-views; about one more distillation each, not planned for)
 #   bash bench/gpu_session.sh pack       # /root/res -> $OUT/res.tar.gz (+ traces.tar.gz)
 # Results go to /root/res and, packed, to $OUT.
 set -euo pipefail
@@ -125,9 +128,11 @@ accuracy)
     --reports /root/res/reports ${ACC_EXTRA:-})
   # Six runs and two parents share the GPU's memory.
   export XLA_PYTHON_CLIENT_MEM_FRACTION=0.12
+  # shellcheck disable=SC2206  # the K values, split on spaces
+  seed_views=(${SEED_VIEWS:+--teacher-views $SEED_VIEWS})
   if [ "$seed_e" -gt 0 ]; then
     python3 -m bench.accuracy "${common[@]}" --preset seed --seeds 0 1 2 \
-      --teacher-epochs "$seed_e" --student-epochs "$seed_e" \
+      --teacher-epochs "$seed_e" --student-epochs "$seed_e" "${seed_views[@]}" \
       --out /root/res/accuracy-seed-gpu.json > /root/res/seed.log 2>&1 &
   fi
   if [ "$res_e" -gt 0 ]; then
