@@ -52,6 +52,7 @@ from kd.config import (
 def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     """One seed: split, teacher, scratch, distill, evaluate; returns the comparison."""
     from kd import stages
+    from kd.data import load_dataset
 
     split = SplitConfig(
         source=args.data,
@@ -107,6 +108,8 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     times["distill_s"] = time.perf_counter() - t
     times["three_trainings_wall_s"] = time.perf_counter() - start
     cached = {}
+    if args.teacher_views:  # the test split, read once for every cached student
+        x_test, y_test = load_dataset(paths["test"], expected_sha256=shas["test"])
     for k in args.teacher_views:
         cfg_k = dataclasses.replace(distill_cfg, teacher_views=k)
         t = time.perf_counter()
@@ -116,7 +119,7 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         times[f"distill_views_{k}_s"] = time.perf_counter() - t
         times[f"teacher_cache_views_{k}_s"] = info["teacher_cache_s"]
         cached[f"student_distilled_views_{k}"] = _test_accuracy(
-            work / f"distill-views-{k}", (paths["test"], shas["test"])
+            work / f"distill-views-{k}", x_test, y_test
         )
     out = stages.evaluate(
         {
@@ -159,13 +162,11 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     }
 
 
-def _test_accuracy(model_dir: Path, test: tuple[str, str]) -> float:
-    """Top-1 accuracy (fraction) of a saved model on the test split."""
-    from kd.data import load_dataset
+def _test_accuracy(model_dir: Path, x: Any, y: Any) -> float:
+    """Top-1 accuracy (fraction) of a saved model on the test images ``x``, labels ``y``."""
     from kd.evaluate import classification_metrics, predict_logits
     from kd.train import load_model
 
-    x, y = load_dataset(test[0], expected_sha256=test[1])
     logits = predict_logits(load_model(model_dir), x, EvalConfig().batch_size)
     return float(classification_metrics(y, logits)["accuracy"])
 

@@ -672,10 +672,10 @@ def fit(
         ``student_loss`` and ``distillation_loss``), also written to ``out_dir/history.json``
         as the run goes.
     """
-    cached = getattr(cfg, "teacher_views", 0) > 0
-    if cached != (views is not None):
+    teacher_views = getattr(cfg, "teacher_views", 0)
+    if (teacher_views > 0) != (views is not None):
         raise ConfigError(
-            f"[{name}] teacher_views={getattr(cfg, 'teacher_views', 0)} but teacher views were "
+            f"[{name}] teacher_views={teacher_views} but teacher views were "
             f"{'not ' if views is None else ''}passed to fit. Fix: pass the views of "
             "cache_teacher_views exactly when the config caches the teacher"
         )

@@ -178,26 +178,24 @@ def test_a_checkpoint_resumes_only_with_the_teacher_it_was_cached_from(tmp_path)
     x, y = _data(64)
     cfg = DistillConfig(epochs=2, batch_size=16, divergence_check_epoch=0, teacher_views=2)
     teacher, other = _teacher(), build_model("seed", "student", seed=4)
-
-    def stop_in_epoch_2(line: str) -> None:
-        if "epoch 2/2 step" in line:
-            raise _Stop  # epoch 1 and its checkpoint are written
-
     out = tmp_path / "d"
     with pytest.raises(_Stop):
-        distill_student(teacher, (x, y), (x[:16], y[:16]), cfg, out, log=stop_in_epoch_2)
+        distill_student(teacher, (x, y), (x[:16], y[:16]), cfg, out, log=_stop_in_epoch_2([]))
     lines: list[str] = []
     with pytest.raises(_Stop):
-        distill_student(other, (x, y), (x[:16], y[:16]), cfg, out, log=_both(lines))
+        distill_student(other, (x, y), (x[:16], y[:16]), cfg, out, log=_stop_in_epoch_2(lines))
     assert any("discarding a checkpoint" in line for line in lines)
     assert not any("resuming" in line for line in lines)
     lines.clear()
     with pytest.raises(_Stop):  # the other teacher's epoch 1 was checkpointed: it resumes
-        distill_student(other, (x, y), (x[:16], y[:16]), cfg, out, log=_both(lines))
+        distill_student(other, (x, y), (x[:16], y[:16]), cfg, out, log=_stop_in_epoch_2(lines))
     assert any("resuming after epoch 1/2" in line for line in lines)
 
 
-def _both(lines: list[str]):
+def _stop_in_epoch_2(lines: list[str]):
+    """A log that keeps the lines and stops the run in epoch 2 (epoch 1 and its checkpoint
+    are written by then)."""
+
     def log(line: str) -> None:
         lines.append(line)
         if "epoch 2/2 step" in line:
