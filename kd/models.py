@@ -14,6 +14,13 @@ Presets:
 - ``resnet``: CIFAR ResNets (He et al., 2016). Teacher: ResNet-20 with widths 64/128/256 and
   1x1 projection shortcuts (about 4.3 M parameters). Student: the classic ResNet-20 (widths
   16/32/64, parameter-free "option A" shortcuts), under half the seed student's parameters.
+- ``fast``: a teacher built to train well in few epochs on a CPU, after airbench (Keller
+  Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024): a frozen 2x2
+  patch-whitening convolution fitted to the training images (:func:`fit_whitening`), then
+  three conv groups of widths 64/256/256 (conv, max-pool, BatchNorm, GELU, conv, BatchNorm,
+  GELU), global max-pool, 10 logits: 1,975,344 parameters, about 0.12 GMAC per image (the
+  seed teacher: 0.16 GMAC). Its student is the seed student, so the shipped teacher
+  (``kd/teachers/``) teaches the demo's student.
 
 Add a preset by writing two builders and registering them in :data:`BUILDERS`
 (and its name in :data:`kd.config.PRESETS`).
@@ -86,6 +93,73 @@ def seed_student() -> Any:
     return keras.Model(inputs, _head(x), name="seed_student")
 
 
+def fast_teacher() -> Any:
+    """The ``fast`` teacher (airbench-style, 1,975,344 parameters of which 312 frozen).
+
+    The ``whiten`` layer's 24 filters are placeholders until :func:`fit_whitening` sets them
+    from the training images; the layer is frozen (airbench freezes its weights too).
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = _preprocess(inputs)
+    x = layers.Conv2D(WHITEN_FILTERS, 2, padding="valid", name=WHITEN_LAYER, trainable=False)(x)
+    x = layers.Activation("gelu", name="whiten_act")(x)
+    for i, filters in enumerate((64, 256, 256), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"g{i}_conv1")(x)
+        x = layers.MaxPooling2D(2, name=f"g{i}_pool")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"g{i}_bn1")(x)
+        x = layers.Activation("gelu", name=f"g{i}_act1")(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"g{i}_conv2")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"g{i}_bn2")(x)
+        x = layers.Activation("gelu", name=f"g{i}_act2")(x)
+    x = layers.GlobalMaxPooling2D(name="gmp")(x)
+    return keras.Model(inputs, _head(x), name="fast_teacher")
+
+
+WHITEN_LAYER = "whiten"
+WHITEN_FILTERS = 24  # the 12 whitening directions of a 2x2x3 patch, each with both signs
+
+
+def fit_whitening(model: Any, images: Any, *, max_images: int = 5000, eps: float = 5e-4) -> bool:
+    """Set a model's ``whiten`` layer to the PCA whitening of its 2x2 input patches.
+
+    With ``P`` the (M, 12) matrix of every 2x2x3 patch of the standardised images and
+    ``C = cov(P) = V diag(lambda) V^T``, filter ``k`` is ``V[:, k] / sqrt(lambda_k + eps)``
+    and filter ``k + 12`` its negative (so GELU keeps both signs), bias 0: each output channel
+    is a patch's coordinate along one principal direction, in units of that direction's
+    standard deviation. Written here (not a library call): Keras has no patch-whitening layer.
+
+    Args:
+        model: a model; nothing happens when it has no layer named ``whiten``.
+        images: uint8 (N, 32, 32, 3) training images (never test images); the first
+            ``max_images`` are used.
+        max_images: the most images the covariance is estimated from.
+        eps: added to each eigenvalue (variance, in standardised units squared).
+
+    Returns:
+        True when a ``whiten`` layer was set.
+    """
+    import numpy as np
+
+    names = {layer.name for layer in model.layers}
+    if WHITEN_LAYER not in names:
+        return False
+    x = np.asarray(images[:max_images], np.float64)
+    x = (x - np.array(CIFAR_MEAN)) / np.array(CIFAR_STD)
+    # Every 2x2 patch, flattened in the kernel's (row, column, channel) order.
+    win = np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(1, 2))  # N,31,31,C,2,2
+    patches = win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 12)
+    cov = np.cov(patches, rowvar=False)
+    lam, vec = np.linalg.eigh(cov)
+    w = vec / np.sqrt(lam + eps)  # (12, 12): column k is filter k
+    kernel = np.concatenate([w, -w], axis=1).reshape(2, 2, 3, WHITEN_FILTERS)
+    layer = model.get_layer(WHITEN_LAYER)
+    layer.set_weights([kernel.astype("float32"), np.zeros(WHITEN_FILTERS, "float32")])
+    return True
+
+
 def _resnet(widths: tuple[int, int, int], blocks: int, projection: bool, name: str) -> Any:
     """A CIFAR ResNet with ``3 * blocks`` basic blocks (depth ``6 * blocks + 2``).
 
@@ -155,6 +229,7 @@ def resnet_student() -> Any:
 BUILDERS: dict[str, dict[str, Callable[[], Any]]] = {
     "seed": {"teacher": seed_teacher, "student": seed_student},
     "resnet": {"teacher": resnet_teacher, "student": resnet_student},
+    "fast": {"teacher": fast_teacher, "student": seed_student},
 }
 
 

@@ -53,7 +53,7 @@ from kd.config import (
     TrainConfig,
 )
 from kd.errors import ArtifactError, ConfigError, DivergenceError
-from kd.models import build_model, count_params
+from kd.models import build_model, count_params, fit_whitening
 from kd.storage import atomic_path, write_text_atomic
 
 Log = Callable[[str], None]
@@ -848,10 +848,16 @@ def _weights_fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
-def supervised_trainer(cfg: TrainConfig, role: str, steps: int) -> tuple[Any, Any]:
+def supervised_trainer(
+    cfg: TrainConfig, role: str, steps: int, images: np.ndarray | None = None
+) -> tuple[Any, Any]:
     """The ``role`` model of ``cfg.preset`` and its compiled :func:`training_model` (hard-label
-    loss, the config's optimizer and schedule over ``steps`` steps per epoch)."""
+    loss, the config's optimizer and schedule over ``steps`` steps per epoch). A model with a
+    patch-whitening layer (the ``fast`` teacher) has it fitted to ``images``, the training
+    images (:func:`kd.models.fit_whitening`)."""
     model = build_model(cfg.preset, role, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
+    if images is not None:
+        fit_whitening(model, images)
     keras.utils.set_random_seed(cfg.seed)
     trainer = training_model(model)
     trainer.compile(
@@ -907,7 +913,8 @@ def train_supervised(
     _validate_split("train", *train)
     _validate_split("validation", *val)
     out = Path(out_dir)
-    model, trainer = supervised_trainer(cfg, role, steps_per_epoch(len(train[0]), cfg.batch_size))
+    steps = steps_per_epoch(len(train[0]), cfg.batch_size)
+    model, trainer = supervised_trainer(cfg, role, steps, images=train[0])
     history = fit(
         trainer,
         train,
