@@ -24,6 +24,7 @@ from typing import Any
 
 from kfp import compiler, dsl
 
+from components.check_teacher import check_teacher
 from components.data_split import data_split
 from components.distill_student import distill_student
 from components.evaluate import evaluate
@@ -39,6 +40,7 @@ from kd.config import (
     SplitConfig,
     StudentConfig,
     TeacherConfig,
+    TeacherSourceConfig,
     defaults,
 )
 from kd.sweep import DEFAULT_GRID
@@ -69,6 +71,7 @@ _S, _T, _ST, _D = (
     defaults(DistillConfig),
 )
 _E, _G = defaults(EvalConfig), defaults(GateConfig)
+_TS = defaults(TeacherSourceConfig)
 TRAIN_FIELDS = (
     "preset",
     "epochs",
@@ -140,6 +143,30 @@ def _train_args(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {f: values[f"{prefix}{f}"] for f in TRAIN_FIELDS}
 
 
+def _teacher_model(v: dict[str, Any], data: dict[str, Any], res: Resources) -> Any:
+    """The teacher Model channel: with ``teacher_model`` set, ``dsl.importer`` brings it in and
+    ``check_teacher`` admits it (the training step does not run); else ``train_teacher``."""
+    with dsl.If(v["teacher_model"] != "", name="bring-your-own-teacher"):
+        imported = dsl.importer(
+            artifact_uri=v["teacher_model"], artifact_class=dsl.Model, reimport=False
+        )
+        imported.set_display_name("import teacher")
+        checked = _light(
+            check_teacher(
+                teacher=imported.output,
+                validation=data["validation"],
+                teacher_uri=v["teacher_model"],
+                student_preset=v["student_preset"],
+            ),
+            res,
+        )
+        checked.set_display_name("check teacher")
+    with dsl.Else(name="train-a-teacher"):
+        trained = _heavy(train_teacher(**data, **_train_args("teacher_", v)), res)
+        trained.set_display_name("train teacher")
+    return dsl.OneOf(checked.outputs["model"], trained.outputs["model"])
+
+
 def make_pipeline(res: Resources | None = None) -> Any:
     """Build the pipeline function for the given compute settings (one pipeline definition
     serves the compiler, the submitter and the local runner)."""
@@ -156,6 +183,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
         split_seed: int = _S["seed"],
         train_per_class: int = _S["train_per_class"],
         test_per_class: int = _S["test_per_class"],
+        teacher_model: str = _TS["model"],
         teacher_preset: str = _T["preset"],
         teacher_epochs: int = _T["epochs"],
         teacher_batch_size: int = _T["batch_size"],
@@ -217,13 +245,12 @@ def make_pipeline(res: Resources | None = None) -> Any:
         )
         split.set_display_name("data split")
         data = {"train": split.outputs["train"], "validation": split.outputs["validation"]}
-        teacher = _heavy(train_teacher(**data, **_train_args("teacher_", v)), res)
-        teacher.set_display_name("train teacher")
-        scratch = _heavy(train_student_scratch(**data, **_train_args("student_", v)), res)
-        scratch.set_display_name("train student from scratch")
+        teacher = _teacher_model(v, data, res)
+        # Defined after the distillation: kfp.local runs independent tasks in definition order
+        # (depth first), so the teacher is trained or checked before any student trains.
         distilled = _heavy(
             distill_student(
-                teacher=teacher.outputs["model"],
+                teacher=teacher,
                 **data,
                 **_train_args("student_", v),
                 temperature=temperature,
@@ -233,12 +260,15 @@ def make_pipeline(res: Resources | None = None) -> Any:
             res,
         )
         distilled.set_display_name("distill student")
+        scratch = _heavy(train_student_scratch(**data, **_train_args("student_", v)), res)
+        scratch.set_display_name("train student from scratch")
         ev = _light(
             evaluate(
-                teacher=teacher.outputs["model"],
+                teacher=teacher,
                 student_distilled=distilled.outputs["model"],
                 student_scratch=scratch.outputs["model"],
                 test=split.outputs["test"],
+                validation=split.outputs["validation"],
                 min_kd_gain=min_kd_gain,
                 min_accuracy=min_accuracy,
                 batch_size=eval_batch_size,
@@ -281,6 +311,7 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
         split_seed: int = _S["seed"],
         train_per_class: int = _S["train_per_class"],
         test_per_class: int = _S["test_per_class"],
+        teacher_model: str = _TS["model"],
         teacher_preset: str = _T["preset"],
         teacher_epochs: int = _T["epochs"],
         teacher_batch_size: int = _T["batch_size"],
@@ -329,11 +360,11 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
             res,
         )
         data = {"train": split.outputs["train"], "validation": split.outputs["validation"]}
-        teacher = _heavy(train_teacher(**data, **_train_args("teacher_", v)), res)
+        teacher = _teacher_model(v, data, res)
         with dsl.ParallelFor(grid, name="t-alpha-grid") as point:
             branch = _heavy(
                 distill_student(
-                    teacher=teacher.outputs["model"],
+                    teacher=teacher,
                     **data,
                     **_train_args("student_", v),
                     temperature=point.temperature,
@@ -463,6 +494,16 @@ def main(argv: list[str] | None = None) -> int:
     _add_compile_options(s, for_submit=True)
     args = ap.parse_args(argv)
     res = _resources(args)
+    if args.command == "submit":
+        import parameters
+
+        given = {key: submit._param_value(value) for key, value in (args.param or [])}
+        try:  # every parameter checked before any network call
+            resolved = parameters.resolve(given, args.pipeline, target=args.target)
+            parameters.check_teacher_exists(resolved.get("teacher_model", ""))
+        except parameters.ParameterError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if args.command == "compile":
         path = compile_pipeline(
             args.output,

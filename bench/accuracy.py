@@ -128,6 +128,7 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
             "student_scratch": str(work / "scratch"),
         },
         (paths["test"], shas["test"]),
+        (paths["validation"], shas["validation"]),
         EvalConfig(latency_runs=20),
         GateConfig(),
         str(work / "report"),

@@ -108,7 +108,7 @@ def direct_run(profile: str, overrides: dict[str, object]) -> tuple[float, dict[
             "student_distilled": f"{tmp}/d",
             "student_scratch": f"{tmp}/s",
         }
-        timed("evaluate", stages.evaluate, models, te, c["evaluate"], c["gate"], f"{tmp}/r")
+        timed("evaluate", stages.evaluate, models, te, va, c["evaluate"], c["gate"], f"{tmp}/r")
         timed(
             "export-model",
             stages.export_blessed,

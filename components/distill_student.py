@@ -86,6 +86,10 @@ def distill_student(
     model.metadata.update(
         {"temperature": temperature, "alpha": alpha, "teacher_views": teacher_views}
     )
+    who = info.get("teacher") or {}
+    model.metadata.update(
+        {f"teacher_{k}": who[k] for k in ("uri", "sha256", "architecture") if who.get(k)}
+    )
     if "teacher_cache_s" in info:
         metrics.log_metric("teacher_cache_s", info["teacher_cache_s"])
     metrics.log_metric("best_val_accuracy", info["best_val_accuracy"])

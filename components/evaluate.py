@@ -22,6 +22,7 @@ def evaluate(
     student_distilled: Input[Model],
     student_scratch: Input[Model],
     test: Input[Dataset],
+    validation: Input[Dataset],
     min_kd_gain: float,
     min_accuracy: float,
     batch_size: int,
@@ -41,8 +42,9 @@ def evaluate(
         student_distilled: the distilled student Model.
         student_scratch: the scratch student Model.
         test: the test Dataset from data_split (its sha256 is checked).
-        min_kd_gain: the gate's minimum KD gain (distilled - scratch), percentage points.
-        min_accuracy: the gate's minimum test accuracy of the distilled student (0-1).
+        validation: the validation Dataset from data_split: the gate decides on it.
+        min_kd_gain: the gate's minimum validation KD gain (distilled - scratch), points.
+        min_accuracy: the gate's minimum validation accuracy of the distilled student (0-1).
         batch_size: prediction batch size (bounds memory).
         latency_runs: timed batch-1 predictions for p50/p95 latency (ms).
         metrics: accuracies, KD gain, compression ratio (also metrics.json in the file).
@@ -68,6 +70,7 @@ def evaluate(
             "student_scratch": student_scratch.path,
         },
         (test.path, test.metadata.get("sha256")),
+        (validation.path, validation.metadata.get("sha256")),
         EvalConfig(batch_size=batch_size, latency_runs=latency_runs),
         GateConfig(min_kd_gain=min_kd_gain, min_accuracy=min_accuracy),
         report_files.path,
@@ -80,6 +83,8 @@ def evaluate(
         if comp.get(key) is not None:
             metrics.log_metric(key, comp[key])
     metrics.log_metric("gate_passed", int(out["gate_passed"]))
+    if out["gate"].get("val_kd_gain_points") is not None:
+        metrics.log_metric("val_kd_gain_points", out["gate"]["val_kd_gain_points"])
     for art, name in (
         (teacher_confusion, "teacher"),
         (distilled_confusion, "student_distilled"),

@@ -172,6 +172,32 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TeacherSourceConfig:
+    """Where the teacher comes from.
+
+    Args:
+        model: ``""`` (default) trains a teacher (``train_teacher``, :class:`TeacherConfig`);
+            otherwise the trained teacher to distill from, brought in by ``dsl.importer`` and
+            checked by ``check_teacher`` (:mod:`kd.teacher`): ``shipped`` (the teacher shipped
+            in ``kd/teachers/``; local runs), a local path (local runs) or a ``gs://`` URI of a
+            ``.keras`` file, or a teacher Model folder of an earlier run.
+    """
+
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or self.model != self.model.strip():
+            _fail(
+                "teacher_model",
+                self.model,
+                "must be '' (train one), 'shipped', a path or a gs:// URI, without spaces "
+                "around it",
+            )
+        if self.model.startswith("gs://") and len(self.model.rstrip("/")) <= len("gs://"):
+            _fail("teacher_model", self.model, "name an object: gs://BUCKET/PATH/teacher.keras")
+
+
+@dataclass(frozen=True)
 class TeacherConfig(TrainConfig):
     """Training the teacher. Same fields as :class:`TrainConfig`; the teacher has BatchNorm and
     takes the higher peak learning rate."""
@@ -290,20 +316,43 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """The quality gate before the serving export.
+    """The quality gate before the serving export. It decides on the **validation** split
+    (held out from training, never the test set), and refuses a run where any model is
+    flagged collapsed (:func:`kd.evaluate.collapse_check` on its validation predictions).
 
     Args:
-        min_kd_gain: the distilled student must beat the scratch student by at least this many
-            percentage points of test accuracy.
-        min_accuracy: the distilled student's test accuracy must reach this fraction (0-1).
+        min_kd_gain: the distilled student's validation accuracy must beat the scratch
+            student's by at least this many percentage points (default 1.0: distillation must
+            pay for its teacher; 0 accepts a tie, a negative value a loss).
+        min_accuracy: the distilled student's validation accuracy must reach this fraction
+            (0-1; default 0.3, three times chance on 10 classes).
     """
 
-    min_kd_gain: float = 0.0
-    min_accuracy: float = 0.0
+    min_kd_gain: float = 1.0
+    min_accuracy: float = 0.3
 
     def __post_init__(self) -> None:
         _check_float("min_kd_gain", self.min_kd_gain, -100.0, 100.0)
         _check_float("min_accuracy", self.min_accuracy, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The export of the blessed student.
+
+    Args:
+        check_images: test images on which the SavedModel's logits must match the Keras
+            model's (0 = no check).
+        calibration_images: training images that calibrate the int8 TFLite model's
+            activation ranges (>= 1).
+    """
+
+    check_images: int = 256
+    calibration_images: int = 200
+
+    def __post_init__(self) -> None:
+        _check_int("export_check_images", self.check_images, 0)
+        _check_int("calibration_images", self.calibration_images, 1)
 
 
 @dataclass(frozen=True)

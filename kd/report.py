@@ -801,7 +801,53 @@ def _headline(results: Mapping[str, Mapping[str, Any]], comparison: Mapping[str,
     return "".join(parts)
 
 
-def _summary_html(results: Mapping[str, Mapping[str, Any]], comparison: Mapping[str, Any]) -> str:
+def teacher_text(teacher: Mapping[str, Any] | None) -> str:
+    """One sentence on where the teacher came from (source, file, size, what it trained on)."""
+    if not teacher:
+        return ""
+    arch = teacher.get("architecture") or teacher.get("preset") or "a model"
+    params = teacher.get("parameters")
+    size = f", {int(params):,} parameters" if params else ""
+    sha = (teacher.get("sha256") or "")[:12]
+    if teacher.get("source") == "imported":
+        text = (
+            f"Teacher: brought in, not trained in this run: {arch}{size}, from {teacher.get('uri')}"
+        )
+        text += f" (sha256 {sha}…)" if sha else ""
+        if teacher.get("trained_on"):
+            text += (
+                f"; trained on {teacher['trained_on']}, while the students saw only this "
+                "run's training split (so its validation accuracy here is not held out)"
+            )
+    else:
+        text = f"Teacher: trained in this run on its training split: {arch}{size}"
+    if teacher.get("test_accuracy") is not None:
+        text += f"; test accuracy here {_pct(teacher['test_accuracy'], 2)}"
+    return text + "."
+
+
+def gate_text(gate: Mapping[str, Any] | None) -> str:
+    """The gate's decision, its thresholds and the condition that decided, in one line."""
+    if not gate:
+        return ""
+    va = gate.get("val_accuracy") or {}
+    verdict = "passed" if gate.get("passed") else "FAILED"
+    return (
+        f"Quality gate {verdict} (decided on the validation split, never the test set): "
+        f"requires no collapsed model, a validation KD gain >= {gate.get('min_kd_gain')} "
+        f"points and a distilled validation accuracy >= {gate.get('min_accuracy')}; measured "
+        f"KD gain {_pts(gate.get('val_kd_gain_points'))}, distilled "
+        f"{_pct(va.get(DISTILLED), 2)}, scratch {_pct(va.get(SCRATCH), 2)}. "
+        f"Decided by: {gate.get('deciding')}."
+    )
+
+
+def _summary_html(
+    results: Mapping[str, Mapping[str, Any]],
+    comparison: Mapping[str, Any],
+    teacher: Mapping[str, Any] | None = None,
+    gate: Mapping[str, Any] | None = None,
+) -> str:
     cards = []
     for name in ordered_names(results):
         r = results[name]
@@ -843,6 +889,9 @@ def _summary_html(results: Mapping[str, Mapping[str, Any]], comparison: Mapping[
             "</div></div>"
         )
     lead = f'<p class="lead">{_headline(results, comparison)}</p>'
+    for line in (teacher_text(teacher), gate_text(gate)):
+        if line:
+            lead += f"<p>{_e(line)}</p>"
     return f'{lead}<div class="cards">{"".join(cards)}</div>'
 
 
@@ -1116,6 +1165,8 @@ def _render_html(
     run_info: Mapping[str, Any] | None,
     pngs: Mapping[str, Path],
     generated: str,
+    teacher: Mapping[str, Any] | None = None,
+    gate: Mapping[str, Any] | None = None,
 ) -> str:
     n_test = next((r.get("num_examples") for r in results.values() if r.get("num_examples")), None)
     subtitle = f"{len(results)} models"
@@ -1123,7 +1174,7 @@ def _render_html(
         subtitle += f" · {int(n_test):,} test images"
     subtitle += f" · generated {generated}"
     bodies = {
-        "summary": _summary_html(results, comparison),
+        "summary": _summary_html(results, comparison, teacher, gate),
         "collapse-warnings": _collapse_html(results),
         "comparison": _comparison_html(results, comparison),
         "per-class-accuracy": _per_class_html(results, pngs["per_class_accuracy"]),
@@ -1165,9 +1216,14 @@ def _markdown(
     histories: Mapping[str, Mapping[str, Any]],
     comparison: Mapping[str, Any],
     generated: str,
+    teacher: Mapping[str, Any] | None = None,
+    gate: Mapping[str, Any] | None = None,
 ) -> str:
     lines = [f"# {title}", "", f"Generated {generated}.", "", "## Comparison", ""]
     lines.append(summary_table(results, comparison))
+    for line in (teacher_text(teacher), gate_text(gate)):
+        if line:
+            lines += [line, ""]
     lines += ["## Collapse check", ""]
     collapsed = [
         n for n in ordered_names(results) if (results[n].get("collapse") or {}).get("collapsed")
@@ -1203,6 +1259,8 @@ def write_report(
     *,
     title: str = "Knowledge distillation on CIFAR-10",
     run_info: dict | None = None,
+    teacher: dict | None = None,
+    gate: dict | None = None,
 ) -> dict[str, Path]:
     """Write the full report of one run into ``out_dir``.
 
@@ -1220,6 +1278,9 @@ def write_report(
         title: the report's title.
         run_info: settings and provenance to list in the *Run info* section (nested dicts are
             flattened to dotted keys).
+        teacher: the teacher's identity (:func:`kd.teacher.teacher_identity` plus its
+            ``test_accuracy``), stated in the summary.
+        gate: the gate's detail (:func:`kd.stages.gate_decision`), stated in the summary.
 
     Returns:
         Name -> path: ``report_html``, ``summary_md``, ``metrics_json``, ``metrics_csv`` and
@@ -1237,10 +1298,13 @@ def write_report(
         "accuracy_vs_params": plot_accuracy_vs_params(results, out / "accuracy_vs_params.png"),
         "reliability": plot_reliability(results, out / "reliability.png"),
     }
-    page = _render_html(title, results, histories, comparison, run_info, paths, generated)
+    page = _render_html(
+        title, results, histories, comparison, run_info, paths, generated, teacher, gate
+    )
     paths["report_html"] = write_text_atomic(out / "report.html", page)
     paths["summary_md"] = write_text_atomic(
-        out / "summary.md", _markdown(title, results, histories, comparison, generated)
+        out / "summary.md",
+        _markdown(title, results, histories, comparison, generated, teacher, gate),
     )
     payload = to_jsonable(
         {
@@ -1252,6 +1316,8 @@ def write_report(
             "overfitting": {n: overfitting_analysis(h or {}) for n, h in histories.items()},
             "histories": histories,
             "run_info": run_info or {},
+            "teacher": teacher or {},
+            "gate": gate or {},
         }
     )
     paths["metrics_json"] = write_text_atomic(

@@ -77,6 +77,20 @@ def train_student_scratch(
     return kd_train.train_student_scratch(tr, va, cfg, out_dir, log=log).info
 
 
+def check_teacher(
+    teacher_path: str,
+    val: tuple[str, str | None],
+    student_preset: str,
+    out_dir: str,
+    uri: str = "",
+    log: Log = print,
+) -> dict[str, Any]:
+    """Admit a user's teacher (see :func:`kd.teacher.check_teacher`)."""
+    from kd.teacher import check_teacher as run
+
+    return run(teacher_path, _load(*val, "validation"), student_preset, out_dir, uri=uri, log=log)
+
+
 def distill_student(
     teacher_dir: str,
     train: tuple[str, str | None],
@@ -87,53 +101,94 @@ def distill_student(
 ) -> dict[str, Any]:
     """Distill the student from the teacher saved in ``teacher_dir``."""
     from kd import train as kd_train
+    from kd.teacher import teacher_identity
 
     teacher = kd_train.load_model(teacher_dir)
     tr, va = _load(*train, "train"), _load(*val, "validation")
-    return kd_train.distill_student(teacher, tr, va, cfg, out_dir, log=log).info
+    identity = teacher_identity(teacher_dir)
+    result = kd_train.distill_student(teacher, tr, va, cfg, out_dir, log=log, teacher_info=identity)
+    return result.info
 
 
-def gate_decision(comparison: dict[str, Any], cfg: GateConfig) -> tuple[bool, str]:
-    """Whether the distilled student may be published, and why (not).
+def gate_decision(
+    val_results: dict[str, dict[str, Any]], cfg: GateConfig
+) -> tuple[bool, str, dict[str, Any]]:
+    """Whether the distilled student may be published, and why (not), from **validation**
+    results only (the test set never decides).
 
-    Passes when ``kd_gain_points >= cfg.min_kd_gain`` and the distilled student's test
-    accuracy ``>= cfg.min_accuracy``.
+    Passes when no model is flagged collapsed on the validation split, the KD gain
+    ``100 * (val_acc_distilled - val_acc_scratch) >= cfg.min_kd_gain`` (points) and the
+    distilled student's ``val_acc >= cfg.min_accuracy``.
+
+    Args:
+        val_results: model name -> :func:`kd.evaluate.classification_metrics` on the
+            validation split (``accuracy`` and ``collapse``).
+        cfg: the thresholds.
+
+    Returns:
+        ``(passed, reason, detail)``: ``reason`` is one line naming each failed condition (or
+        all passed ones), ``detail`` the numbers, thresholds and the deciding condition.
     """
-    gain = comparison.get("kd_gain_points")
-    acc = (comparison.get("accuracies") or {}).get("student_distilled")
-    failed = []
-    if gain is None or gain < cfg.min_kd_gain:
-        failed.append(
-            f"KD gain {gain if gain is None else round(gain, 2)} points < required "
-            f"{cfg.min_kd_gain}"
-        )
-    if acc is None or acc < cfg.min_accuracy:
-        failed.append(
-            f"distilled accuracy {acc if acc is None else round(acc, 4)} < required "
-            f"{cfg.min_accuracy}"
-        )
+    acc = {n: r.get("accuracy") for n, r in val_results.items()}
+    d, s = acc.get("student_distilled"), acc.get("student_scratch")
+    gain = None if d is None or s is None else 100.0 * (d - s)
+    collapsed = sorted(
+        n for n, r in val_results.items() if (r.get("collapse") or {}).get("collapsed")
+    )
+    checks = [
+        ("no model collapsed", not collapsed, f"collapsed on validation: {', '.join(collapsed)}"),
+        (
+            f"validation KD gain >= {cfg.min_kd_gain} points",
+            gain is not None and gain >= cfg.min_kd_gain,
+            f"validation KD gain {gain if gain is None else round(gain, 2)} points < required "
+            f"{cfg.min_kd_gain}",
+        ),
+        (
+            f"distilled validation accuracy >= {cfg.min_accuracy}",
+            d is not None and d >= cfg.min_accuracy,
+            f"distilled validation accuracy {d if d is None else round(d, 4)} < required "
+            f"{cfg.min_accuracy}",
+        ),
+    ]
+    failed = [why for _, ok, why in checks if not ok]
+    detail = {
+        "decided_on": "validation",
+        "passed": not failed,
+        "min_kd_gain": cfg.min_kd_gain,
+        "min_accuracy": cfg.min_accuracy,
+        "val_accuracy": acc,
+        "val_kd_gain_points": gain,
+        "collapsed": collapsed,
+        "failed": failed,
+        "deciding": failed[0] if failed else "all conditions passed",
+    }
     if failed:
-        return False, "gate failed: " + "; ".join(failed)
-    return True, (
-        f"gate passed: KD gain {gain:.2f} points >= {cfg.min_kd_gain}, distilled "
-        f"accuracy {acc:.4f} >= {cfg.min_accuracy}"
+        return False, "gate failed: " + "; ".join(failed), detail
+    return (
+        True,
+        f"gate passed on validation: KD gain {gain:.2f} points >= {cfg.min_kd_gain}, "
+        f"distilled accuracy {d:.4f} >= {cfg.min_accuracy}, no model collapsed",
+        detail,
     )
 
 
 def evaluate(
     model_dirs: dict[str, str],
     test: tuple[str, str | None],
+    val: tuple[str, str | None],
     cfg: EvalConfig,
     gate: GateConfig,
     out_dir: str,
     run_info: dict | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Evaluate the three models on the test set and write the report into ``out_dir``.
+    """Evaluate the three models on the test set and write the report into ``out_dir``; the
+    gate decides on the validation split (:func:`gate_decision`).
 
     Args:
         model_dirs: ``teacher``, ``student_distilled``, ``student_scratch`` -> model folder.
         test: (test Dataset path, expected sha256).
+        val: (validation Dataset path, expected sha256): what the gate decides on.
         cfg: evaluation settings.
         gate: thresholds of the quality gate.
         out_dir: where ``report.html``, ``summary.md``, ``metrics.json``, ``metrics.csv`` and
@@ -152,21 +207,40 @@ def evaluate(
     if missing:
         raise ArtifactError(f"evaluate needs models {MODEL_NAMES}; missing {missing}")
     models = {n: load_model(model_dirs[n]) for n in MODEL_NAMES}  # all checked before work
+    from kd.teacher import teacher_identity
+
     x, y = _load(*test, "test")
-    results, histories = {}, {}
+    xv, yv = _load(*val, "validation")
+    results, histories, val_results = {}, {}, {}
     for n in MODEL_NAMES:
         log(f"[evaluate] {n}: {len(x)} test images")
         results[n] = ev.evaluate_model(
             models[n], x, y, name=n, cfg=cfg, model_path=Path(model_dirs[n]) / MODEL_FILE
         )
+        val_results[n] = ev.classification_metrics(
+            yv,
+            ev.predict_logits(models[n], xv, cfg.batch_size),
+            ece_bins=cfg.ece_bins,
+            collapse_threshold=cfg.collapse_threshold,
+        )
         hist = Path(model_dirs[n]) / HISTORY_FILE
         histories[n] = json.loads(hist.read_text()) if hist.exists() else {}
     comparison = ev.compare_models(results)
-    passed, reason = gate_decision(comparison, gate)
+    passed, reason, gate_detail = gate_decision(val_results, gate)
+    teacher = teacher_identity(model_dirs["teacher"])
+    teacher["test_accuracy"] = results["teacher"]["accuracy"]
     info = dict(run_info or {})
     info["gate"] = reason
     with atomic_path(out_dir) as tmp:
-        paths = report.write_report(tmp, results, histories, comparison, run_info=info)
+        paths = report.write_report(
+            tmp,
+            results,
+            histories,
+            comparison,
+            run_info=info,
+            teacher=teacher,
+            gate=gate_detail,
+        )
     paths = {k: Path(out_dir) / Path(p).name for k, p in paths.items()}
     for r in results.values():
         r.pop("pred", None)
@@ -178,6 +252,8 @@ def evaluate(
         "comparison": comparison,
         "gate_passed": passed,
         "gate_reason": reason,
+        "gate": gate_detail,
+        "teacher": teacher,
         "paths": {k: str(v) for k, v in paths.items()},
         "summary_table": report.summary_table(results, comparison),
         "class_names": list(CLASS_NAMES),

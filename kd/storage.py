@@ -55,6 +55,24 @@ def gcs_client() -> Any:
         ) from exc
 
 
+def gcs_exists(uri: str) -> bool:
+    """Whether an object, or any object under the prefix, exists at ``uri``.
+
+    Raises DataError when the storage cannot be opened or read (credentials, bucket)."""
+    bucket_name, path = split_gcs(uri)
+    client = gcs_client()
+    try:
+        if path and client.bucket(bucket_name).blob(path).exists():
+            return True
+        prefix = path + "/" if path else ""
+        return any(True for _ in client.list_blobs(bucket_name, prefix=prefix, max_results=1))
+    except Exception as exc:
+        raise DataError(
+            f"cannot read {uri}: {exc}. Fix: check the bucket and path (gsutil ls {uri}) and "
+            "that your credentials can read it"
+        ) from exc
+
+
 def gcs_download(uri: str, dest: Path) -> Path:
     """Download one object (or every object under a prefix) to ``dest``.
 

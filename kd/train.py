@@ -817,6 +817,7 @@ def _finish(
         "stage": stage,
         "preset": cfg.preset,
         "role": role,
+        "architecture": model.name,
         "parameters": count_params(model),
         "framework": f"keras-{keras.__version__}/{keras.backend.backend()}",
         "epochs_run": len(history.get("epoch", [])),
@@ -961,6 +962,7 @@ def distill_student(
     cfg: DistillConfig,
     out_dir: str | Path,
     log: Log = print,
+    teacher_info: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Distill the student of ``cfg.preset`` from ``teacher`` (see :mod:`kd.distill`).
 
@@ -969,6 +971,8 @@ def distill_student(
     ``cfg.teacher_views`` = K the teacher's logits are cached first (:func:`cache_teacher_views`:
     K views of the training split, the validation split as it is), and training reads them;
     ``info.json`` then records ``teacher_cache_s``, the caching's wall time (s).
+    ``teacher_info`` (:func:`kd.teacher.teacher_identity`) is recorded as ``info["teacher"]``:
+    which teacher taught this student.
     """
     _validate_split("train", *train)
     _validate_split("validation", *val)
@@ -982,7 +986,8 @@ def distill_student(
     student, distiller = distill_trainer(teacher, cfg, steps)
     # The teacher's weights, not only its size: a resume with another teacher starts afresh.
     fingerprint = _data_fingerprint(train) + _weights_fingerprint(teacher)
-    views, extra = None, {}
+    views = None
+    extra: dict[str, Any] = {"teacher": teacher_info or {}}
     if cfg.teacher_views:
         # The output folder is checked (and a checkpoint of another config discarded) before
         # the teacher passes of the cache, not after them.

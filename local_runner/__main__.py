@@ -1,6 +1,7 @@
 """``python -m local_runner {run,inspect}``: run the pipeline locally and inspect runs.
 
 python -m local_runner run [--runner docker|subprocess] [--data sample|keras|PATH|gs://...]
+                           [--teacher shipped|PATH|gs://... | --train-teacher]
                            [--profile demo|full] [--param KEY=VALUE ...]
 python -m local_runner inspect [RUN] [--root runs | gs://BUCKET/ROOT] [--json]
 python -m local_runner predict MODEL INPUT [INPUT ...] [--root runs] [--top-k 3]
@@ -11,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as the image sets it; before TensorFlow loads
+
 from components.image import IMAGE
+from kd.config import PRESETS
 from local_runner.run import DEFAULT_PIPELINE_ROOT, PROFILES, RunnerError, parse_value
 
 
@@ -70,8 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
         "profile's, sample)",
     )
     r.add_argument(
+        "--teacher",
+        default=None,
+        metavar="PATH",
+        help="the trained teacher to distill from: a .keras file, a teacher Model folder of an "
+        "earlier run, a gs:// URI, or 'shipped' (the teacher shipped in kd/teachers/) "
+        "(default: the profile's; demo: shipped, full: train one)",
+    )
+    r.add_argument(
+        "--train-teacher",
+        action="store_true",
+        help="train the teacher in this run instead of bringing one (default: off)",
+    )
+    r.add_argument(
         "--preset",
-        choices=("seed", "resnet"),
+        choices=PRESETS,
         default=None,
         help="model preset of teacher and students (default: seed)",
     )
@@ -137,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         help="retries of a failed training stage, resuming from its last epoch (default: 2)",
+    )
+    r.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show kfp.local's per-task output on the terminal (default: it goes to the "
+        "run's log file, run.log)",
     )
     r.add_argument(
         "--cache",

@@ -11,32 +11,37 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import re
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from kd.config import (
-    DistillConfig,
-    EvalConfig,
-    GateConfig,
-    SplitConfig,
-    StudentConfig,
-    TeacherConfig,
+import parameters
+from parameters import (  # noqa: F401  (re-exported: the runner's callers use these names)
+    ParameterError,
+    parse_value,
+    pipeline_function,
+    pipeline_parameters,
+    stage_configs,
+    validate_params,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PIPELINE_ROOT = "runs"
 
-# The offline demo: the shipped real sample (2,500 train / 500 test images), epochs sized to
-# finish in a few minutes on 2 CPU cores. Every other value is the pipeline's default.
+# The offline demo: the shipped real sample (2,500 train / 500 test images) and the teacher
+# shipped in kd/teachers/ (trained on the full official training set), epochs sized to finish
+# in a few minutes on 2 CPU cores. The teacher_* values apply when a teacher is trained
+# (--train-teacher). Every other value is the pipeline's default.
 PROFILES: dict[str, dict[str, Any]] = {
     "demo": {
         "source": "sample",
+        "teacher_model": "shipped",
         "teacher_epochs": 10,
         "teacher_batch_size": 32,
         "teacher_learning_rate": 0.02,
@@ -54,139 +59,80 @@ PROFILES: dict[str, dict[str, Any]] = {
 STAGES = (
     "data-split",
     "train-teacher",
-    "train-student-scratch",
     "distill-student",
+    "train-student-scratch",
     "evaluate",
     "export-model",
 )
+# With a teacher of the user's: imported and checked instead of trained.
+IMPORT_STAGES = ("importer", "check-teacher")
 
 
-class RunnerError(Exception):
+def stage_names(params: dict[str, Any], which: str = "main") -> tuple[str, ...]:
+    """The tasks a run of these parameters executes, in order (the gate passing)."""
+    teacher = IMPORT_STAGES if params.get("teacher_model") else ("train-teacher",)
+    if which == "main":
+        return ("data-split", *teacher, *STAGES[2:])
+    distills = tuple("distill-student" for _ in params["grid"])
+    return ("data-split", *teacher, *distills, "select-best-student")
+
+
+def stage_teacher(value: str, root: Path) -> str:
+    """Bring a teacher into the pipeline root, where every runner's tasks can read it.
+
+    ``shipped`` is the package's teacher, a local path a ``.keras`` file or a Model folder, a
+    ``gs://`` URI is downloaded. The copy goes to ``ROOT/teachers/SHA12/`` (the first 12 hex
+    digits of the model file's sha256, so a rerun reuses it), with the file's provenance
+    record beside it; the importer is given that copy. Returns its path ('' for none).
+    """
+    if not value:
+        return ""
+    from kd.storage import gcs_download, is_gcs
+    from kd.teacher import SHIPPED, model_file, sha256_file, shipped_teacher_path
+
+    fix = (
+        "pass --teacher PATH (a .keras file or a teacher Model folder of an earlier run), a "
+        "gs:// URI, 'shipped', or --train-teacher to train one"
+    )
+    if value == SHIPPED:
+        src = shipped_teacher_path()
+    elif is_gcs(value):
+        dl = root / "teachers" / "download"
+        dl.mkdir(parents=True, exist_ok=True)
+        try:
+            src = gcs_download(value, dl / Path(value.rstrip("/")).name)
+        except Exception as exc:
+            raise RunnerError(f"teacher {value}: cannot download it ({exc}). Fix: {fix}") from exc
+    else:
+        src = Path(value).expanduser().resolve()
+        if not src.exists():
+            raise RunnerError(f"teacher {value} does not exist. Fix: {fix}")
+    file = model_file(src)
+    if not file.is_file():
+        raise RunnerError(f"teacher {value}: no model file at {file}. Fix: {fix}")
+    dest = root / "teachers" / sha256_file(file)[:12]
+    target = dest / file.name
+    if not target.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        for extra in (file.with_suffix(".json"), file.parent / "info.json"):
+            if extra.is_file() and extra != file:
+                shutil.copyfile(extra, dest / extra.name)
+        tmp = dest / f".{file.name}.tmp"
+        shutil.copyfile(file, tmp)
+        tmp.replace(target)
+    return str(target)
+
+
+class RunnerError(ParameterError):
     """A problem found before (or while) running; one line, with the fix."""
 
 
-def parse_value(text: str) -> Any:
-    """``KEY=VALUE`` values: JSON when it parses (numbers, true/false), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def pipeline_function(which: str = "main", res: Any = None) -> Any:
-    """The ``main`` or ``sweep`` pipeline function of pipeline.py."""
-    import pipeline
-
-    return pipeline.make_sweep_pipeline(res) if which == "sweep" else pipeline.make_pipeline(res)
-
-
-def pipeline_parameters(which: str = "main") -> dict[str, Any]:
-    """The pipeline's parameters and their defaults (from its signature)."""
-    import inspect
-
-    sig = inspect.signature(pipeline_function(which).pipeline_func)
-    return {name: p.default for name, p in sig.parameters.items()}
-
-
 def resolve_params(profile: str, overrides: dict[str, Any], which: str = "main") -> dict[str, Any]:
-    """Profile values, then explicit overrides; unknown names and bad values fail here."""
-    known = pipeline_parameters(which)
-    params = dict(known)
-    params.update({k: v for k, v in PROFILES[profile].items() if k in known})
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise RunnerError(
-            f"unknown pipeline parameter(s) {unknown}. Fix: use one of {', '.join(sorted(known))}"
-        )
-    for key, value in overrides.items():
-        params[key] = _coerce(key, value, known[key])
-    validate_params(params)
-    return params
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Give ``value`` the type of the parameter's default (``1`` for a float is ``1.0``)."""
-    kind = type(default)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise RunnerError(
-        f"parameter {key}={value!r} must be a {kind.__name__} (default "
-        f"{default!r}). Fix: pass e.g. --param {key}={default!r}"
-    )
-
-
-def _stage_config(cls: type, prefix: str, params: dict[str, Any], **extra: Any) -> Any:
-    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
-    values = {k: params[f"{prefix}{k}"] for k in fields if f"{prefix}{k}" in params}
-    values.update(extra)
-    return cls(**values)
-
-
-def _training_configs(params: dict[str, Any]) -> dict[str, Any]:
-    """The data split's and the two supervised trainings' configs (both pipelines have them)."""
-    return {
-        "split": SplitConfig(
-            source=params["source"],
-            val_fraction=params["val_fraction"],
-            seed=params["split_seed"],
-            train_per_class=params["train_per_class"],
-            test_per_class=params["test_per_class"],
-        ),
-        "teacher": _stage_config(TeacherConfig, "teacher_", params),
-        "student": _stage_config(StudentConfig, "student_", params),
-    }
-
-
-def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
-    """The config of every stage of the main pipeline, built from its parameters as the
-    components build them: ``split``, ``teacher``, ``student``, ``distill``, ``evaluate``,
-    ``gate``, and ``export_check_images``."""
-    return {
-        **_training_configs(params),
-        "distill": _stage_config(
-            DistillConfig,
-            "student_",
-            params,
-            temperature=params["temperature"],
-            alpha=params["alpha"],
-            teacher_views=params["teacher_views"],
-        ),
-        "evaluate": EvalConfig(
-            batch_size=params["eval_batch_size"], latency_runs=params["latency_runs"]
-        ),
-        "gate": GateConfig(min_kd_gain=params["min_kd_gain"], min_accuracy=params["min_accuracy"]),
-        "export_check_images": params["export_check_images"],
-    }
-
-
-def validate_params(params: dict[str, Any]) -> None:
-    """Build every stage's config from the parameters: the same checks the stages make."""
-    if "grid" not in params:
-        stage_configs(params)
-        return
-    # The sweep: its distillations take their temperature and alpha from the grid.
-    _training_configs(params)
-    grid = params["grid"]
-    if not isinstance(grid, list) or not grid:
-        raise RunnerError(
-            "parameter grid must be a non-empty JSON list of "
-            '{"temperature": T, "alpha": a}. Fix: e.g. --param '
-            'grid=\'[{"temperature": 4, "alpha": 0.1}]\''
-        )
-    for point in grid:
-        if not isinstance(point, dict) or set(point) != {"temperature", "alpha"}:
-            raise RunnerError(
-                f"grid point {point!r} must have exactly the keys "
-                "temperature and alpha. Fix: e.g. "
-                '{"temperature": 4, "alpha": 0.1}'
-            )
-        _stage_config(
-            DistillConfig, "student_", params, **point, teacher_views=params["teacher_views"]
-        )
+    """The profile's values, then explicit overrides, checked (:func:`parameters.resolve`)."""
+    try:
+        return parameters.resolve(overrides, which, base=PROFILES[profile])
+    except ParameterError as exc:
+        raise RunnerError(str(exc)) from exc
 
 
 def check_source(source: str) -> Path | None:
@@ -262,6 +208,71 @@ def ensure_image(image: str, build: str, client: Any) -> None:
         )
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A progress line of the library (``[distill_student] epoch 3/15 loss ...``), as the
+# components print it; per-step lines stay in the log.
+_STAGE_LINE = re.compile(r"^\s*\[(\w+)\] (?!.* step \d+/\d+)(.*)$")
+# The last line of a Python traceback: ``kd.errors.ArtifactError: teacher ... Fix: ...``.
+_ERROR_LINE = re.compile(r"^\s*((?:[\w.]+\.)?(\w*(?:Error|Exception)))(?:: (.*))?$")
+
+
+class _Terminal:
+    """Where a run's output goes: everything to the run's log file; to the terminal only the
+    lines meant for people (stage starts and ends, epoch progress, warnings of the library).
+
+    It stands in for ``sys.stdout`` and ``sys.stderr`` while ``kfp.local`` runs, so the
+    per-task dumps (every artifact's metadata, whole confusion matrices) and library logs
+    reach the log file only; ``verbose`` sends them to the terminal as well. It remembers the
+    last exception line of each task's output: the failing stage's own reason.
+    """
+
+    def __init__(self, log_path: Path, terminal: Any, verbose: bool = False) -> None:
+        self.log_path = log_path
+        self.file = log_path.open("a", encoding="utf-8")
+        self.terminal, self.verbose = terminal, verbose
+        self.task: str | None = None
+        self.errors: dict[str, str] = {}
+        self._pending = ""
+
+    def say(self, line: str) -> None:
+        """A line for people: to the terminal and the log."""
+        print(line, file=self.terminal, flush=True)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        if self.verbose:
+            self.terminal.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for raw in lines:
+            line = _ANSI.sub("", raw).rstrip()
+            if self.task and (m := _ERROR_LINE.match(line)) and m.group(3):
+                self.errors[self.task] = f"{m.group(2)}: {m.group(3)}"
+            if not self.verbose and (m := _STAGE_LINE.match(line)):
+                self.terminal.write(f"  [{m.group(1)}] {m.group(2)}\n")
+        self.terminal.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._pending:
+            self.file.write(self._pending)
+        self.file.close()
+
+
+class StageFailed(Exception):
+    """Raised from inside kfp.local when a task fails, so the run stops there (kfp.local would
+    go on with the tasks that do not depend on it, e.g. train a student after its teacher
+    was refused)."""
+
+
 class _Progress:
     """Turns kfp.local's task log lines into "stage k of n" lines and records task times.
 
@@ -272,9 +283,10 @@ class _Progress:
     _start = re.compile(r"Executing task '([^']+)'")
     _end = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, out: _Terminal | None = None) -> None:
         self.total, self.k = total, 0
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.out = out
         self._factory = logging.getLogRecordFactory()
 
     def __enter__(self) -> _Progress:
@@ -289,18 +301,39 @@ class _Progress:
     def __exit__(self, *exc: Any) -> None:
         logging.setLogRecordFactory(self._factory)
 
+    def _say(self, line: str) -> None:
+        if self.out is not None:
+            self.out.say(line)
+        else:
+            print(line, flush=True)
+
     def see(self, record: logging.LogRecord) -> None:
-        msg = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())
+        msg = _ANSI.sub("", record.getMessage())
         now = dt.datetime.now(dt.UTC)
         if m := self._start.search(msg):
             self.k += 1
             self.tasks[m.group(1)] = {"status": "RUNNING", "start": now}
-            print(f"\n=== stage {self.k} of {self.total}: {m.group(1)} ===", flush=True)
+            if self.out is not None:
+                self.out.task = m.group(1)
+            self._say(f"\n=== stage {self.k} of {self.total}: {m.group(1)} ===")
         elif m := self._end.search(msg):
             t = self.tasks.setdefault(m.group(1), {})
             t.update({"status": m.group(2), "end": now})
             if "start" in t:
                 t["duration_s"] = (now - t["start"]).total_seconds()
+            took = f" in {t['duration_s']:.1f} s" if "duration_s" in t else ""
+            word = "done" if m.group(2) == "SUCCESS" else m.group(2)
+            self._say(f"=== {m.group(1)}: {word}{took} ===")
+            if m.group(2) == "FAILURE":
+                raise StageFailed(m.group(1))
+
+    def failed_stage(self) -> str | None:
+        """The first task that did not succeed, if any."""
+        for name, t in self.tasks.items():
+            if t.get("status") not in ("SUCCESS", "RUNNING", None):
+                return name
+        running = [n for n, t in self.tasks.items() if t.get("status") == "RUNNING"]
+        return running[-1] if running else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -308,7 +341,10 @@ def run(args: argparse.Namespace) -> int:
     import pipeline
 
     overrides = dict(args.param or [])
+    if args.train_teacher:
+        overrides["teacher_model"] = ""
     for flag, key in (
+        ("teacher", "teacher_model"),
         ("data", "source"),
         ("preset", None),
         ("teacher_epochs", "teacher_epochs"),
@@ -332,9 +368,15 @@ def run(args: argparse.Namespace) -> int:
     if root.exists() and not root.is_dir():
         raise RunnerError(f"pipeline root {root} is a file. Fix: pass a folder")
     root.mkdir(parents=True, exist_ok=True)
+    teacher_given = params.get("teacher_model", "")
+    if teacher_given:
+        params["teacher_model"] = stage_teacher(teacher_given, root)
 
     from kfp import local
 
+    from local_runner.kfp_compat import enable_artifact_oneof
+
+    enable_artifact_oneof()
     image = args.image
     if args.runner == "docker":
         client = check_docker()
@@ -357,7 +399,6 @@ def run(args: argparse.Namespace) -> int:
         runner: Any = local.DockerRunner(**run_args)
         os.umask(0o000)  # the container's non-root user writes into folders made here
     else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as the image sets it
         runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=str(root), enable_caching=args.cache)
 
@@ -366,23 +407,44 @@ def run(args: argparse.Namespace) -> int:
     spec = root / ".pipeline.yaml"
     pipeline.compile_pipeline(spec, res=res, image=image, which=args.pipeline)
     before = {p.name for p in root.iterdir() if p.is_dir()}
-    progress = _Progress(len(STAGES) if args.pipeline == "main" else 3 + len(params["grid"]))
     started = dt.datetime.now(dt.UTC)
+    log_path = root / f".run-{started.strftime('%Y%m%d-%H%M%S-%f')}.log"
+    term = _Terminal(log_path, sys.stdout, verbose=getattr(args, "verbose", False))
+    progress = _Progress(len(stage_names(params, args.pipeline)), term)
     print(
         f"[local_runner] running {pipeline.PIPELINE_NAME} with the {args.runner} runner; "
         f"pipeline root {root}",
         flush=True,
     )
+    if teacher_given:
+        print(
+            f"[local_runner] teacher: {teacher_given} (not trained in this run; checked, then "
+            f"distilled from: {params['teacher_model']})",
+            flush=True,
+        )
     t0 = time.perf_counter()
     error = None
+    saved = sys.stdout, sys.stderr
     try:
+        sys.stdout = sys.stderr = term  # type: ignore[assignment]
         with progress:
             fn(**params)
     except Exception as exc:  # kfp.local raises RuntimeError when a task fails
-        error = f"{type(exc).__name__}: {exc}"
+        stage = progress.failed_stage()
+        reason = term.errors.get(stage or "") or _ANSI.sub("", f"{type(exc).__name__}: {exc}")
+        error = f"stage {stage} failed: {reason}" if stage else reason
+        if teacher_given and params["teacher_model"]:
+            error = error.replace(params["teacher_model"], teacher_given)
+    finally:
+        sys.stdout, sys.stderr = saved
+        term.close()
     wall = time.perf_counter() - t0
     new = sorted({p.name for p in root.iterdir() if p.is_dir()} - before)
     run_dir = root / new[-1] if new else None
+    if run_dir is not None:
+        log_path = log_path.replace(run_dir / "run.log")
+    else:
+        log_path = log_path.replace(root / "last-run.log")
     if run_dir is not None:
         from local_runner.inspect import record_run
 
@@ -397,11 +459,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if error:
         raise RunnerError(
-            f"the pipeline failed after {wall:.0f} s: {error}. Inspect it with "
-            f"python -m local_runner inspect {run_dir.name if run_dir else ''} "
-            f"--root {root}"
+            f"the pipeline failed after {wall:.0f} s: {error}\n  log: {log_path}\n  inspect: "
+            f"python -m local_runner inspect {run_dir.name if run_dir else ''} --root {root}"
         )
     print_result(root, run_dir, wall)
+    print(f"log:    {log_path}")
     return 0
 
 

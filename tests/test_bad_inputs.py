@@ -1318,7 +1318,7 @@ CLI_CASES = [
     pytest.param(["--teacher-epochs", "0"], ("invalid epochs=0",), id="teacher-epochs-0"),
     pytest.param(
         ["--param", "no_such_knob=1"],
-        ("unknown pipeline parameter(s) ['no_such_knob']",),
+        ("unknown pipeline parameter(s) 'no_such_knob'",),
         id="unknown-parameter",
     ),
     pytest.param(["--param", "teacher_epochs=many"], ("'many'",), id="parameter-of-the-wrong-type"),
@@ -1450,6 +1450,141 @@ def test_submit_a_missing_package(tmp_path: Path) -> None:
     with pytest.raises(SubmitError) as err:
         submit.submit_kfp(str(missing), host=f"http://127.0.0.1:{closed_port()}")
     assert_clear(err.value, str(missing), "does not exist")
+
+
+# ----------------------------------------------------------------------------------------------
+# Teachers the user brings: check_teacher (kd.teacher), the local runner, submit
+# ----------------------------------------------------------------------------------------------
+
+
+def _teacher_file(kind: str, path: Path, val_labels: np.ndarray) -> Path:
+    """A bad teacher of each kind at ``path`` (a .keras file, or nothing for 'missing')."""
+    import keras
+
+    if kind == "missing":
+        return path
+    if kind == "not-keras":
+        path.write_text("this is not a model")
+        return path
+    shape, classes = (32, 32, 3), 10
+    if kind == "input-shape":
+        shape = (28, 28, 3)
+    if kind == "classes":
+        classes = 100
+    inputs = keras.Input(shape)
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    if kind == "lambda":
+        x = keras.layers.Lambda(lambda t: t * 1.0)(x)
+    head = keras.layers.Dense(classes, name="logits")
+    model = keras.Model(inputs, head(x))
+    w, b = head.get_weights()
+    if kind == "at-chance":  # always the class the validation split holds least of
+        b = np.zeros_like(b)
+        b[int(np.argmin(np.bincount(val_labels, minlength=10)))] = 10.0
+        w = np.zeros_like(w)
+    if kind == "nan":
+        b = np.full_like(b, np.nan)
+    head.set_weights([w, b])
+    model.save(str(path))
+    return path
+
+
+TEACHER_CASES = [
+    pytest.param("missing", ("bad-teacher.keras", "no model file"), id="missing-file"),
+    pytest.param("not-keras", ("bad-teacher.keras", "not a loadable Keras model"), id="not-keras"),
+    pytest.param("lambda", ("bad-teacher.keras", "not a loadable Keras model"), id="lambda-layer"),
+    pytest.param("input-shape", ("bad-teacher.keras", "takes inputs of shape"), id="input-shape"),
+    pytest.param("classes", ("bad-teacher.keras", "(None, 100)"), id="other-number-of-classes"),
+    pytest.param("nan", ("bad-teacher.keras", "non-finite logits"), id="non-finite-logits"),
+    pytest.param("at-chance", ("bad-teacher.keras", "no better than chance"), id="at-chance"),
+]
+
+
+@pytest.mark.parametrize(("kind", "names"), TEACHER_CASES)
+def test_check_teacher_refuses_a_bad_teacher(
+    kind: str, names: tuple[str, ...], datasets: dict[str, Any], tmp_path: Path, outputs: Outputs
+) -> None:
+    """The check_teacher component (right after the import) refuses it; nothing is written."""
+    from components.check_teacher import check_teacher
+    from kd.data import load_dataset
+
+    va, va_meta = datasets["validation"]
+    labels = load_dataset(va)[1]
+    teacher = _teacher_file(kind, tmp_path / "bad-teacher.keras", labels)
+    with pytest.raises(ArtifactError) as err:
+        check_teacher.python_func(
+            teacher=_art("Model", teacher),
+            validation=_art("Dataset", va, va_meta),
+            teacher_uri=str(teacher),
+            student_preset="seed",
+            model=_art("Model", outputs.root / "model"),
+        )
+    assert_clear(err.value, *names)
+    outputs.assert_untouched()
+
+
+def test_local_runner_refuses_a_missing_teacher_before_any_stage(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    proc = run_cli(
+        ["-m", "local_runner", "run", "--runner", "subprocess", "--pipeline-root", str(root)]
+        + ["--teacher", str(tmp_path / "no-such-teacher.keras")],
+        tmp_path,
+    )
+    assert_one_error_line(proc, 2, "no-such-teacher.keras", "does not exist")
+    assert "=== stage" not in proc.stdout
+    assert not [p for p in root.iterdir() if p.is_dir() and p.name != "teachers"]
+
+
+SUBMIT_TEACHER_CASES = [
+    pytest.param(
+        ["--target", "vertex", "--project", "p", "--region", "us-central1"]
+        + ["--pipeline-root", "gs://b/root", "--param", "teacher_model=shipped"],
+        ("teacher_model='shipped'", "cannot be read by Vertex AI"),
+        id="vertex-shipped",
+    ),
+    pytest.param(
+        ["--target", "kfp", "--host", "http://127.0.0.1:9", "--param"]
+        + ["teacher_model=/home/me/teacher.keras"],
+        ("/home/me/teacher.keras", "not a URI the KFP launcher can download"),
+        id="kfp-local-path",
+    ),
+    pytest.param(
+        ["--target", "kfp", "--host", "http://127.0.0.1:9", "--param", "tempreature=4"],
+        ("'tempreature'", "did you mean 'temperature'"),
+        id="misspelt-parameter",
+    ),
+    pytest.param(
+        ["--target", "kfp", "--host", "http://127.0.0.1:9", "--param", "temperature=-1"],
+        ("invalid temperature=-1.0", "must be in"),
+        id="bad-value",
+    ),
+    pytest.param(
+        ["--target", "kfp", "--host", "http://127.0.0.1:9", "--param", "calibration_images=-5"],
+        ("invalid calibration_images=-5", "must be"),
+        id="negative-calibration-images",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "names"), SUBMIT_TEACHER_CASES)
+def test_submit_refuses_bad_parameters_before_any_network_call(
+    args: list[str], names: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Checked as the local runner checks them; the endpoint (port 9, closed) is never asked."""
+    proc = run_cli(["pipeline.py", "submit", *args], tmp_path)
+    message = assert_one_error_line(proc, 1, *names)
+    assert "cannot reach" not in message
+
+
+def test_submit_refuses_a_missing_gcs_teacher(gcs_emulator: Any, tmp_path: Path) -> None:
+    import parameters
+
+    uri = "gs://kd-test/teachers/none.keras"
+    with pytest.raises(parameters.ParameterError) as err:
+        parameters.check_teacher_exists(uri)
+    assert_clear(err.value, uri, "no such object")
+    gcs_emulator.bucket("kd-test").blob("teachers/here.keras").upload_from_string(b"x")
+    parameters.check_teacher_exists("gs://kd-test/teachers/here.keras")  # no error
 
 
 # ----------------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ def chain(tmp_path_factory):
         student_distilled=models["distilled"],
         student_scratch=models["scratch"],
         test=te,
+        validation=va,
         min_kd_gain=-100.0,
         min_accuracy=0.0,
         batch_size=64,
@@ -153,13 +154,28 @@ def test_training_components_write_models_and_metrics(chain):
 
 def test_evaluate_outputs_report_metrics_and_gate(chain):
     ev, gate = chain["eval"], chain["gate"]
-    assert gate is True and "gate passed" in ev["summary"].metadata["gate"]
+    reason = ev["summary"].metadata["gate"]
+    assert gate is (reason.startswith("gate passed on validation"))
+    assert ev["metrics"].metadata["gate_passed"] == int(gate)
     assert set(ev["metrics"].metadata) >= {
         "teacher_accuracy",
         "student_distilled_accuracy",
         "student_scratch_accuracy",
         "kd_gain_points",
     }
+    # The gate's KD gain is the students' on the validation split, each scored as itself.
+    from kd.data import load_dataset
+    from kd.evaluate import predict_logits
+    from kd.train import load_model
+
+    _, va, _ = chain["data"]
+    xv, yv = load_dataset(va.path)
+    val_acc = {
+        n: float(np.mean(predict_logits(load_model(chain["models"][n].path), xv).argmax(1) == yv))
+        for n in ("distilled", "scratch")
+    }
+    expected = 100 * (val_acc["distilled"] - val_acc["scratch"])
+    assert ev["metrics"].metadata["val_kd_gain_points"] == pytest.approx(expected, abs=1e-6)
     cm = ev["teacher_confusion"].metadata["confusionMatrix"]
     assert len(cm["rows"]) == 10 and sum(sum(r["row"]) for r in cm["rows"]) == 100
     html = Path(ev["report"].path).read_text()
@@ -182,13 +198,14 @@ def test_export_publishes_a_serving_model(chain):
 
 
 def test_gate_reports_which_condition_failed(chain):
-    m, (_, _, te) = chain["models"], chain["data"]
+    m, (_, va, te) = chain["models"], chain["data"]
     outs = _evaluate_outputs(chain["root"] / "g2")
     gate = evaluate.python_func(
         teacher=m["teacher"],
         student_distilled=m["distilled"],
         student_scratch=m["scratch"],
         test=te,
+        validation=va,
         min_kd_gain=100.0,
         min_accuracy=0.99,
         batch_size=64,
@@ -197,7 +214,7 @@ def test_gate_reports_which_condition_failed(chain):
     )
     assert gate is False
     reason = outs["summary"].metadata["gate"]
-    assert "KD gain" in reason and "distilled accuracy" in reason
+    assert "validation KD gain" in reason and "distilled validation accuracy" in reason
     assert (
         "gate failed" in Path(outs["summary"].path).read_text()
         or "gate failed" in Path(outs["report"].path).read_text()

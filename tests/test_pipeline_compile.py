@@ -23,8 +23,25 @@ def _tasks(spec: dict) -> dict:
     return spec["root"]["dag"]["tasks"]
 
 
+def _all_tasks(spec: dict) -> dict:
+    """Every task of the pipeline, at the root or inside a condition or loop."""
+    tasks = dict(_tasks(spec))
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def _branch(spec: dict, task: str) -> tuple[str, str]:
+    """The condition task holding ``task`` and its trigger condition."""
+    for cond in _all_tasks(spec).values():
+        comp = spec["components"].get(cond["componentRef"]["name"], {})
+        if task in comp.get("dag", {}).get("tasks", {}):
+            return cond["taskInfo"]["name"], cond.get("triggerPolicy", {}).get("condition", "")
+    raise AssertionError(f"{task} is in no branch")
+
+
 def _executor(spec: dict, task: str) -> dict:
-    comp = _tasks(spec)[task]["componentRef"]["name"]
+    comp = _all_tasks(spec)[task]["componentRef"]["name"]
     exec_label = spec["components"][comp]["executorLabel"]
     return spec["deploymentSpec"]["executors"][exec_label]["container"]
 
@@ -32,9 +49,9 @@ def _executor(spec: dict, task: str) -> dict:
 def test_five_stages_and_the_gate(tmp_path):
     spec = _compile(tmp_path)
     tasks = _tasks(spec)
-    assert STAGES <= set(tasks)
-    gate = [t for t in tasks.values() if "triggerPolicy" in t]
-    assert len(gate) == 1 and "evaluate-Output" in gate[0]["triggerPolicy"]["condition"]
+    assert STAGES <= set(_all_tasks(spec))
+    gate = [t for t in tasks.values() if "evaluate-Output" in str(t.get("triggerPolicy"))]
+    assert len(gate) == 1
     inner = spec["components"][gate[0]["componentRef"]["name"]]["dag"]["tasks"]
     assert "export-model" in inner
 
@@ -42,8 +59,38 @@ def test_five_stages_and_the_gate(tmp_path):
 def test_scratch_student_does_not_depend_on_the_teacher(tmp_path):
     tasks = _tasks(_compile(tmp_path))
     assert tasks["train-student-scratch"].get("dependentTasks") == ["data-split"]
-    assert "train-teacher" in tasks["distill-student"]["dependentTasks"]
-    assert set(tasks["evaluate"]["dependentTasks"]) >= TRAINING
+    # The teacher reaches the distillation and the evaluation through the dsl.OneOf of the
+    # two teacher branches.
+    assert "condition-branches-1" in tasks["distill-student"]["dependentTasks"]
+    assert set(tasks["evaluate"]["dependentTasks"]) >= {
+        "condition-branches-1",
+        "distill-student",
+        "train-student-scratch",
+    }
+
+
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+@pytest.mark.parametrize("which", ["main", "sweep"])
+def test_a_teacher_uri_imports_the_teacher_instead_of_training_it(tmp_path, target, which):
+    spec = _compile(tmp_path, res=pipeline.Resources(target=target), which=which)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["teacher_model"]["defaultValue"] == ""
+    tasks = _all_tasks(spec)
+    # dsl.importer takes the URI from the teacher_model parameter ...
+    imp = spec["deploymentSpec"]["executors"]["exec-importer"]["importer"]
+    assert imp["typeSchema"]["schemaTitle"] == "system.Model"
+    assert tasks["importer"]["inputs"]["parameters"]["uri"]["componentInputParameter"] == (
+        "pipelinechannel--teacher_model"
+    )
+    # ... and the import and the check run only when it is set, the training only when not.
+    byo, byo_when = _branch(spec, "importer")
+    assert _branch(spec, "check-teacher")[0] == byo
+    assert "teacher_model" in byo_when and "!=" in byo_when
+    trained, trained_when = _branch(spec, "train-teacher")
+    assert trained != byo and trained_when.startswith("!(") and "teacher_model" in trained_when
+    check = tasks["check-teacher"]["inputs"]
+    assert check["artifacts"]["teacher"]["taskOutputArtifact"]["producerTask"] == "importer"
+    assert "validation" in check["artifacts"]
 
 
 def test_artifact_types(tmp_path):
@@ -58,6 +105,7 @@ def test_artifact_types(tmp_path):
 
     assert set(outputs("comp-data-split").values()) == {"system.Dataset"}
     assert outputs("comp-train-teacher") == {"model": "system.Model", "metrics": "system.Metrics"}
+    assert outputs("comp-check-teacher") == {"model": "system.Model"}
     ev = outputs("comp-evaluate")
     assert ev["report"] == "system.HTML" and ev["summary"] == "system.Markdown"
     assert ev["metrics"] == "system.Metrics"
@@ -78,11 +126,11 @@ def test_vertex_accelerator_retry_cache_and_image(tmp_path):
         assert resources["accelerator"]["resourceType"] == "NVIDIA_L4"
         assert resources["accelerator"]["resourceCount"] == "2"
         assert resources["resourceCpuLimit"] == "8" and resources["resourceMemoryLimit"] == "32G"
-        assert _tasks(spec)[task]["retryPolicy"]["maxRetryCount"] == 2
+        assert _all_tasks(spec)[task]["retryPolicy"]["maxRetryCount"] == 2
     assert "accelerator" not in _executor(spec, "data-split").get("resources", {})
     assert all(
         t["cachingOptions"].get("enableCache")
-        for t in _tasks(spec).values()
+        for t in _all_tasks(spec).values()
         if "cachingOptions" in t
     )
     assert _executor(spec, "evaluate")["image"] == IMAGE
@@ -106,7 +154,7 @@ def test_unknown_vertex_accelerator_is_refused():
 
 
 def test_parameter_defaults_come_from_the_configs(tmp_path):
-    from kd.config import DistillConfig, TeacherConfig
+    from kd.config import DistillConfig, GateConfig, TeacherConfig
 
     params = _compile(tmp_path)["root"]["inputDefinitions"]["parameters"]
     assert params["temperature"]["defaultValue"] == DistillConfig().temperature
@@ -114,6 +162,8 @@ def test_parameter_defaults_come_from_the_configs(tmp_path):
     assert params["teacher_views"]["defaultValue"] == DistillConfig().teacher_views
     assert params["teacher_epochs"]["defaultValue"] == TeacherConfig().epochs
     assert params["source"]["defaultValue"] == "sample"
+    assert params["min_kd_gain"]["defaultValue"] == GateConfig().min_kd_gain
+    assert params["min_accuracy"]["defaultValue"] == GateConfig().min_accuracy
 
 
 def test_compile_cli_imports_no_tensorflow(tmp_path):

@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--data", required=True, help="CIFAR-10 folder (train.npz, test.npz) or archive")
-    ap.add_argument("--work", default=str(ROOT / "runs" / "shipped-teacher"), help="resumable work dir")
+    ap.add_argument(
+        "--data", required=True, help="CIFAR-10 folder (train.npz, test.npz) or archive"
+    )
+    ap.add_argument(
+        "--work", default=str(ROOT / "runs" / "shipped-teacher"), help="resumable work dir"
+    )
     ap.add_argument("--out", default=str(ROOT / "kd" / "teachers"), help="where the teacher goes")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe (quick checks)")
     ap.add_argument("--train-per-class", type=int, default=0, help="subsample (quick checks)")
