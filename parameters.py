@@ -142,7 +142,11 @@ def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
         "evaluate": EvalConfig(
             batch_size=params["eval_batch_size"], latency_runs=params["latency_runs"]
         ),
-        "gate": GateConfig(min_kd_gain=params["min_kd_gain"], min_accuracy=params["min_accuracy"]),
+        "gate": GateConfig(
+            min_kd_gain=params["min_kd_gain"],
+            min_accuracy=params["min_accuracy"],
+            refuse_collapsed=params["refuse_collapsed"],
+        ),
         "export": ExportConfig(
             check_images=params["export_check_images"],
             calibration_images=params["calibration_images"],

@@ -223,6 +223,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
         latency_runs: int = _E["latency_runs"],
         min_kd_gain: float = _G["min_kd_gain"],
         min_accuracy: float = _G["min_accuracy"],
+        refuse_collapsed: bool = _G["refuse_collapsed"],
         export_check_images: int = 256,
         calibration_images: int = 200,
     ):
@@ -271,6 +272,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
                 validation=split.outputs["validation"],
                 min_kd_gain=min_kd_gain,
                 min_accuracy=min_accuracy,
+                refuse_collapsed=refuse_collapsed,
                 batch_size=eval_batch_size,
                 latency_runs=latency_runs,
             ),

@@ -25,6 +25,7 @@ def evaluate(
     validation: Input[Dataset],
     min_kd_gain: float,
     min_accuracy: float,
+    refuse_collapsed: bool,
     batch_size: int,
     latency_runs: int,
     metrics: Output[Metrics],
@@ -45,6 +46,7 @@ def evaluate(
         validation: the validation Dataset from data_split: the gate decides on it.
         min_kd_gain: the gate's minimum validation KD gain (distilled - scratch), points.
         min_accuracy: the gate's minimum validation accuracy of the distilled student (0-1).
+        refuse_collapsed: the gate refuses a run where any model collapsed.
         batch_size: prediction batch size (bounds memory).
         latency_runs: timed batch-1 predictions for p50/p95 latency (ms).
         metrics: accuracies, KD gain, compression ratio (also metrics.json in the file).
@@ -72,7 +74,9 @@ def evaluate(
         (test.path, test.metadata.get("sha256")),
         (validation.path, validation.metadata.get("sha256")),
         EvalConfig(batch_size=batch_size, latency_runs=latency_runs),
-        GateConfig(min_kd_gain=min_kd_gain, min_accuracy=min_accuracy),
+        GateConfig(
+            min_kd_gain=min_kd_gain, min_accuracy=min_accuracy, refuse_collapsed=refuse_collapsed
+        ),
         report_files.path,
         run_info={"test_dataset": dict(test.metadata)},
     )

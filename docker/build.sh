@@ -14,7 +14,7 @@
 #   --no-cache  passed to docker build.
 #
 # The image carries a label kd.inputs-hash (Dockerfile, .dockerignore, requirements, pyproject,
-# kd/, components/, local_runner/, pipeline.py, submit.py, variant, base image); when the
+# kd/, components/, local_runner/, pipeline.py, submit.py, parameters.py, variant, base image); when the
 # existing image has the same hash the build is skipped.
 # Environment: PYTHON (interpreter for pip download, default .venv/bin/python or python3),
 # BASE_TAG (offline base image, default kd-base:local).
@@ -82,7 +82,7 @@ inputs_hash() {
         local f
         {
             for f in docker/Dockerfile .dockerignore requirements.txt pyproject.toml README.md \
-                     pipeline.py submit.py; do
+                     pipeline.py submit.py parameters.py; do
                 [ -f "$f" ] && echo "$f"
             done
             find kd components local_runner -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \

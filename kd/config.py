@@ -326,14 +326,19 @@ class GateConfig:
             pay for its teacher; 0 accepts a tie, a negative value a loss).
         min_accuracy: the distilled student's validation accuracy must reach this fraction
             (0-1; default 0.3, three times chance on 10 classes).
+        refuse_collapsed: refuse a run where any model is flagged collapsed (default true;
+            false only for smoke tests of the export, whose tiny models collapse).
     """
 
     min_kd_gain: float = 1.0
     min_accuracy: float = 0.3
+    refuse_collapsed: bool = True
 
     def __post_init__(self) -> None:
         _check_float("min_kd_gain", self.min_kd_gain, -100.0, 100.0)
         _check_float("min_accuracy", self.min_accuracy, 0.0, 1.0)
+        if not isinstance(self.refuse_collapsed, bool):
+            _fail("refuse_collapsed", self.refuse_collapsed, "must be true or false")
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,11 @@ def gate_decision(
         n for n, r in val_results.items() if (r.get("collapse") or {}).get("collapsed")
     )
     checks = [
-        ("no model collapsed", not collapsed, f"collapsed on validation: {', '.join(collapsed)}"),
+        (
+            "no model collapsed",
+            not (collapsed and cfg.refuse_collapsed),
+            f"collapsed on validation: {', '.join(collapsed)}",
+        ),
         (
             f"validation KD gain >= {cfg.min_kd_gain} points",
             gain is not None and gain >= cfg.min_kd_gain,
@@ -156,6 +160,7 @@ def gate_decision(
         "passed": not failed,
         "min_kd_gain": cfg.min_kd_gain,
         "min_accuracy": cfg.min_accuracy,
+        "refuse_collapsed": cfg.refuse_collapsed,
         "val_accuracy": acc,
         "val_kd_gain_points": gain,
         "collapsed": collapsed,
@@ -167,7 +172,8 @@ def gate_decision(
     return (
         True,
         f"gate passed on validation: KD gain {gain:.2f} points >= {cfg.min_kd_gain}, "
-        f"distilled accuracy {d:.4f} >= {cfg.min_accuracy}, no model collapsed",
+        f"distilled accuracy {d:.4f} >= {cfg.min_accuracy}"
+        + (", no model collapsed" if not collapsed else f" (collapsed, allowed: {collapsed})"),
         detail,
     )
 

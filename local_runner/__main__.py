@@ -139,11 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image", default=IMAGE, help=f"component image (default: {IMAGE})")
     r.add_argument(
         "--build",
-        choices=("online", "offline", "never"),
-        default="online",
+        choices=("auto", "online", "offline", "never"),
+        default="auto",
         help="how to get the image: online (docker build from the public base "
         "image), offline (no registry: local base image + wheelhouse), never (must "
-        "exist); an up-to-date image is reused (default: online)",
+        "exist), auto (offline where this machine built offline before, e.g. after make "
+        "demo, else online); an up-to-date image is reused (default: auto)",
     )
     r.add_argument(
         "--gpus",

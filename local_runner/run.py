@@ -183,11 +183,22 @@ def check_reachable_by_container_user(root: Path) -> None:
             )
 
 
+OFFLINE_BASE = "kd-base:local"  # docker/make_base_image.sh's tag: this machine builds offline
+
+
 def ensure_image(image: str, build: str, client: Any) -> None:
     """Build the image with docker/build.sh unless ``build`` is ``never`` (then it must exist).
 
-    build.sh skips the build when the image's recorded input hash is unchanged.
+    build.sh skips the build when the image's recorded input hash is unchanged. ``auto`` builds
+    the way this machine built before: offline where the offline base image exists (after
+    ``make demo``), else from the public base image.
     """
+    if build == "auto":
+        try:
+            client.images.get(OFFLINE_BASE)
+            build = "offline"
+        except Exception:
+            build = "online"
     if build == "never":
         try:
             client.images.get(image)
@@ -203,8 +214,9 @@ def ensure_image(image: str, build: str, client: Any) -> None:
     print(f"[local_runner] image {image}: {' '.join(cmd[1:])}", flush=True)
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
         raise RunnerError(
-            f"building image {image} failed (see above). Fix: without a registry "
-            "use --build offline; with one, check network access to PyPI"
+            f"building image {image} failed (see above). Fix: without a container registry "
+            "use --build offline (make image-offline); with one, check that it and PyPI are "
+            "reachable"
         )
 
 
@@ -282,11 +294,13 @@ class _Progress:
 
     _start = re.compile(r"Executing task '([^']+)'")
     _end = re.compile(r"Task '([^']+)' finished with status (\w+)")
+    _retry = re.compile(r"Task (\S+) failed \(attempt (\d+)/(\d+)\)\. Retrying in ([\d.]+)s")
 
     def __init__(self, total: int, out: _Terminal | None = None) -> None:
         self.total, self.k = total, 0
         self.tasks: dict[str, dict[str, Any]] = {}
         self.out = out
+        self._failed: str | None = None  # failed, and not (yet) retried
         self._factory = logging.getLogRecordFactory()
 
     def __enter__(self) -> _Progress:
@@ -310,7 +324,25 @@ class _Progress:
     def see(self, record: logging.LogRecord) -> None:
         msg = _ANSI.sub("", record.getMessage())
         now = dt.datetime.now(dt.UTC)
+        if m := self._retry.search(msg):
+            self._failed = None
+            name, attempt, total = m.group(1), int(m.group(2)), int(m.group(3))
+            reason = self.out.errors.get(name, "") if self.out is not None else ""
+            self._say(
+                f"=== retry {attempt + 1}/{total} of {name} in {float(m.group(4)):.0f} s"
+                + (f" ({reason})" if reason else "")
+                + ": it resumes from its last checkpoint ==="
+            )
+            return
         if m := self._start.search(msg):
+            if self._failed is not None and m.group(1) != self._failed:
+                # The failed task was not retried: stop before the next task starts.
+                raise StageFailed(self._failed)
+            if m.group(1) in self.tasks:  # a retry: the same stage, not a new one
+                self.tasks[m.group(1)].update({"status": "RUNNING"})
+                if self.out is not None:
+                    self.out.task = m.group(1)
+                return
             self.k += 1
             self.tasks[m.group(1)] = {"status": "RUNNING", "start": now}
             if self.out is not None:
@@ -325,7 +357,7 @@ class _Progress:
             word = "done" if m.group(2) == "SUCCESS" else m.group(2)
             self._say(f"=== {m.group(1)}: {word}{took} ===")
             if m.group(2) == "FAILURE":
-                raise StageFailed(m.group(1))
+                self._failed = m.group(1)
 
     def failed_stage(self) -> str | None:
         """The first task that did not succeed, if any."""

@@ -780,13 +780,16 @@ def call_evaluate(o: Outputs, **override: Any) -> None:
     from components.evaluate import evaluate
 
     missing = o.root.parent / "never-read"
-    kwargs = dict(min_kd_gain=0.0, min_accuracy=0.0, batch_size=256, latency_runs=5)
+    kwargs = dict(
+        min_kd_gain=0.0, min_accuracy=0.0, refuse_collapsed=True, batch_size=256, latency_runs=5
+    )
     kwargs.update(override)
     evaluate.python_func(
         teacher=_art("Model", missing / "teacher"),
         student_distilled=_art("Model", missing / "distilled"),
         student_scratch=_art("Model", missing / "scratch"),
         test=_art("Dataset", missing / "test"),
+        validation=_art("Dataset", missing / "validation"),
         **kwargs,
         metrics=_art("Metrics", o.root / "metrics"),
         teacher_confusion=_art("ClassificationMetrics", o.root / "tc"),
@@ -1101,8 +1104,10 @@ def test_evaluate_refuses_a_model_artifact_that_is_not_a_model(
             student_distilled=_art("Model", good),
             student_scratch=_art("Model", bad),
             test=_art("Dataset", path, meta),
+            validation=_art("Dataset", *datasets["validation"]),
             min_kd_gain=0.0,
             min_accuracy=0.0,
+            refuse_collapsed=True,
             batch_size=64,
             latency_runs=2,
             metrics=_art("Metrics", outputs.root / "metrics"),

@@ -45,6 +45,13 @@ def test_fails_naming_the_condition_that_decided(val, cfg, deciding):
     assert deciding in detail["deciding"] and deciding in reason
 
 
+def test_collapsed_models_pass_only_when_allowed():
+    val = _val(0.7, 0.5, collapsed="student_scratch")
+    assert not gate_decision(val, GateConfig(1.0, 0.3))[0]
+    ok, reason, _ = gate_decision(val, GateConfig(1.0, 0.3, refuse_collapsed=False))
+    assert ok and "collapsed, allowed" in reason
+
+
 def test_the_gain_is_distilled_minus_scratch():
     _, _, detail = gate_decision(_val(0.40, 0.52), GateConfig(-100, 0))
     assert detail["val_kd_gain_points"] == pytest.approx(-12.0)

@@ -31,6 +31,11 @@ TINY = [
     "export_check_images=16",
     "--param",
     "min_kd_gain=-100",
+    "--param",
+    "min_accuracy=0",
+    # One-epoch students on 300 images may well collapse; the export must still be reached.
+    "--param",
+    "refuse_collapsed=false",
 ]
 
 
@@ -46,10 +51,20 @@ def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     )
 
 
-def _check_run(root: Path, out: str) -> dict:
-    assert "=== stage 1 of 6: data-split ===" in out
-    assert "[train_teacher] epoch 1/1" in out
+def _check_run(root: Path, out: str, trained: bool = False) -> dict:
+    """What a finished run shows on the terminal and what ``inspect`` reads back."""
+    teacher_tasks = ("train-teacher",) if trained else ("importer", "check-teacher")
+    total = 6 if trained else 7
+    assert f"=== stage 1 of {total}: data-split ===" in out
+    assert f"=== stage 2 of {total}: {teacher_tasks[0]} ===" in out  # before any student
+    assert ("[train_teacher] epoch 1/1" in out) is trained
+    assert "[distill_student] epoch 1/1" in out and "step 1/" not in out
+    assert "=== evaluate: done in " in out
+    # kfp.local's per-task dumps went to the log file, not the terminal.
+    assert "Wrote executor output file" not in out and "confusionMatrix" not in out
     assert "report:" in out and "student_distilled" in out
+    log = Path(out.split("log:")[-1].split()[0])
+    assert log.name == "run.log" and "Wrote executor output file" in log.read_text()
     r = _cli("inspect", "latest", "--root", str(root), "--json")
     assert r.returncode == 0, r.stderr
     run = json.loads(r.stdout)
@@ -57,30 +72,112 @@ def _check_run(root: Path, out: str) -> dict:
     status = {t["name"]: t["status"] for t in run["tasks"]}
     for task in (
         "data-split",
-        "train-teacher",
+        *teacher_tasks,
         "train-student-scratch",
         "distill-student",
         "evaluate",
         "export-model",
     ):
         assert status[task] in ("SUCCESS", "SUCCEEDED"), status
+    assert ("train-teacher" in status) is trained
     types = {f"{a['task']}/{a['name']}": a["type"] for a in run["artifacts"]}
-    assert types["train-teacher/model"] == "system.Model"
+    teacher_artifact = "train-teacher/model" if trained else "check-teacher/model"
+    assert types[teacher_artifact] == "system.Model"
     assert types["evaluate/report"] == "system.HTML"
     assert types["export-model/blessed"] == "system.Model"
     assert run["report"] and Path(run["report"]).exists()
     html = Path(run["report"]).read_text()
     assert "data:image/png;base64" in html
+    assert "decided on the validation split" in html
     metrics = json.dumps(run["metrics"])
     assert "kd_gain_points" in metrics and "student_distilled_accuracy" in metrics
+    # The distilled student says which teacher taught it.
+    distilled = next(root.glob("*/distill-student/model/info.json"))
+    who = json.loads(distilled.read_text())["teacher"]
+    if trained:
+        assert who["source"] == "trained"
+        assert "trained in this run" in html
+    else:
+        from kd.teacher import sha256_file, shipped_teacher_path
+
+        assert who["source"] == "imported"
+        assert who["sha256"] == sha256_file(shipped_teacher_path())
+        assert "brought in, not trained in this run" in html
+        assert "45000 images of the official CIFAR-10 training set" in html
     return run
 
 
 @pytest.mark.slow
 def test_subprocess_runner_end_to_end(tmp_path):
+    """The demo's default: distil from the shipped teacher, imported and checked."""
     r = _cli("run", "--runner", "subprocess", "--pipeline-root", str(tmp_path), *TINY)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     _check_run(tmp_path, r.stdout)
+
+
+@pytest.mark.slow
+def test_subprocess_runner_trains_a_teacher_when_told(tmp_path):
+    r = _cli(
+        "run",
+        "--runner",
+        "subprocess",
+        "--pipeline-root",
+        str(tmp_path),
+        "--train-teacher",
+        *TINY,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _check_run(tmp_path, r.stdout, trained=True)
+
+
+@pytest.mark.slow
+def test_a_teacher_file_of_the_users_is_distilled_from(tmp_path):
+    """--teacher PATH: a teacher Model folder of an earlier run; it is copied into the
+    pipeline root (where every runner's tasks can read it) and admitted by check-teacher."""
+    import shutil as sh
+
+    from kd.teacher import shipped_teacher_path
+
+    mine = tmp_path / "elsewhere" / "my-teacher"
+    mine.mkdir(parents=True)
+    sh.copyfile(shipped_teacher_path(), mine / "model.keras")
+    root = tmp_path / "runs"
+    r = _cli(
+        "run", "--runner", "subprocess", "--pipeline-root", str(root), "--teacher", str(mine), *TINY
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"teacher: {mine}" in r.stdout
+    info = json.loads(next(root.glob("*/check-teacher/model/info.json")).read_text())
+    assert info["uri"].startswith(str(root / "teachers"))
+    assert info["val_accuracy"] > 0.5
+
+
+def test_a_failing_stage_prints_its_own_reason(tmp_path):
+    """A stage that fails inside the run: the terminal gets that stage's reason in one line,
+    the run stops there (no student trained), and inspect records the same reason."""
+    bad = tmp_path / "teacher.keras"
+    bad.write_text("not a model")
+    r = _cli(
+        "run",
+        "--runner",
+        "subprocess",
+        "--pipeline-root",
+        str(tmp_path / "runs"),
+        "--teacher",
+        str(bad),
+        "--train-per-class",
+        "20",
+        "--test-per-class",
+        "5",
+    )
+    assert r.returncode == 2, r.stdout[-3000:]
+    line = next(x for x in r.stderr.splitlines() if x.startswith("error:"))
+    assert "stage check-teacher failed: ArtifactError: teacher" in line
+    assert str(bad) in line and "is not a loadable Keras model" in line and "Fix:" in line
+    assert "\x1b[" not in r.stderr
+    assert "train-student-scratch" not in r.stdout and "distill-student" not in r.stdout
+    run = json.loads(_cli("inspect", "latest", "--root", str(tmp_path / "runs"), "--json").stdout)
+    assert run["status"] == "FAILED" and "stage check-teacher failed" in run["error"]
 
 
 def _docker_ok() -> bool:
@@ -120,7 +217,7 @@ def test_docker_runner_end_to_end(request):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     _check_run(tmp_path, r.stdout)
     # Written by the containers' non-root user.
-    model = next(tmp_path.glob("*/train-teacher/model/model.keras"))
+    model = next(tmp_path.glob("*/check-teacher/model/model.keras"))
     assert model.stat().st_uid != 0
 
 
@@ -205,6 +302,7 @@ def test_killed_container_is_retried_and_resumes(request):
             "offline",
             "--pipeline-root",
             str(root),
+            "--train-teacher",
             "--teacher-epochs",
             "3",
             "--student-epochs",
