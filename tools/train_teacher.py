@@ -8,8 +8,9 @@ provenance record; nothing is selected on it.
     python tools/train_teacher.py --data ../shared/data/cifar10 > teacher.log 2>&1 &
 
 Resumable: the split and the per-epoch checkpoint live under ``--work``; the same command
-after a kill continues from the last finished epoch. Writes ``fast_teacher.keras`` and
-``fast_teacher.json`` (command, commit, data sha256, machine, wall time, validation and test
+after a kill continues from the last finished epoch. The training step is compiled with XLA
+(``jit_compile=True``: 3.85 s instead of 7.1 s a step on 2 CPU cores). Writes
+``fast_teacher.keras`` and ``fast_teacher.json`` (command, commit, data sha256, machine, wall time, validation and test
 accuracy, parameters, model sha256) into ``--out``.
 """
 
@@ -88,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     val = load_dataset(paths["validation"], expected_sha256=meta["validation"]["sha256"])
     print(f"train {len(train[0])} / validation {len(val[0])} images; {cfg}", flush=True)
 
-    result = train_teacher(train, val, cfg, work / "teacher", log=lambda m: print(m, flush=True))
+    # XLA: the same training step, compiled (about 1.8x faster on 2 CPU cores, TensorFlow).
+    result = train_teacher(
+        train, val, cfg, work / "teacher", log=lambda m: print(m, flush=True), jit_compile=True
+    )
     x_test, y_test = load_dataset(paths["test"], expected_sha256=meta["test"]["sha256"])
     test = classification_metrics(y_test, predict_logits(result.model, x_test, 500))
     val_metrics = classification_metrics(val[1], predict_logits(result.model, val[0], 500))
