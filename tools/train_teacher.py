@@ -10,8 +10,8 @@ provenance record; nothing is selected on it.
 Resumable: the split and the per-epoch checkpoint live under ``--work``; the same command
 after a kill continues from the last finished epoch. The training step is compiled with XLA
 (``jit_compile=True``: 3.85 s instead of 7.1 s a step on 2 CPU cores). Writes
-``fast_teacher.keras`` and ``fast_teacher.json`` (command, commit, data sha256, machine, wall time, validation and test
-accuracy, parameters, model sha256) into ``--out``.
+``fast_teacher.keras`` and ``fast_teacher.json`` (command, commit, data sha256, machine, wall
+time, validation and test accuracy, parameters, model sha256) into ``--out``.
 """
 
 from __future__ import annotations
