@@ -247,8 +247,8 @@ def make_pipeline(res: Resources | None = None) -> Any:
         split.set_display_name("data split")
         data = {"train": split.outputs["train"], "validation": split.outputs["validation"]}
         teacher = _teacher_model(v, data, res)
-        # Defined after the distillation: kfp.local runs independent tasks in definition order
-        # (depth first), so the teacher is trained or checked before any student trains.
+        scratch = _heavy(train_student_scratch(**data, **_train_args("student_", v)), res)
+        scratch.set_display_name("train student from scratch")
         distilled = _heavy(
             distill_student(
                 teacher=teacher,
@@ -261,8 +261,6 @@ def make_pipeline(res: Resources | None = None) -> Any:
             res,
         )
         distilled.set_display_name("distill student")
-        scratch = _heavy(train_student_scratch(**data, **_train_args("student_", v)), res)
-        scratch.set_display_name("train student from scratch")
         ev = _light(
             evaluate(
                 teacher=teacher,

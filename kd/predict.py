@@ -45,12 +45,13 @@ from kd.config import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
 from kd.errors import ArtifactError, ConfigError, DataError
 from kd.storage import gcs_client, gcs_download, is_gcs, split_gcs
 
-#: Model names a run spec accepts, and the (task, output) that holds each in a pipeline run.
-MODEL_ARTIFACTS: dict[str, tuple[str, str]] = {
-    "teacher": ("train-teacher", "model"),
-    "student_distilled": ("distill-student", "model"),
-    "student_scratch": ("train-student-scratch", "model"),
-    "blessed": ("export-model", "blessed"),
+#: Model names a run spec accepts, and the (tasks, output) that holds each in a pipeline run:
+#: the teacher is trained (train-teacher) or brought in and checked (check-teacher).
+MODEL_ARTIFACTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "teacher": (("train-teacher", "check-teacher"), "model"),
+    "student_distilled": (("distill-student",), "model"),
+    "student_scratch": (("train-student-scratch",), "model"),
+    "blessed": (("export-model",), "blessed"),
 }
 MODEL_NAMES = tuple(MODEL_ARTIFACTS)
 MODEL_FILE = "model.keras"
@@ -198,17 +199,18 @@ def _run_model(run: str, name: str, root: str, cache_dir: str | Path | None) -> 
             f"root=): {exc}",
             *([exc.known] if isinstance(exc, ins.RunNotFoundError) else []),
         ) from exc
-    task, output = MODEL_ARTIFACTS[name]
-    found = [a for a in described["artifacts"] if a["task"] == task and a["name"] == output]
+    tasks, output = MODEL_ARTIFACTS[name]
+    found = [a for a in described["artifacts"] if a["task"] in tasks and a["name"] == output]
+    task_names = " or ".join(tasks)
     run_id = described["run_id"]
     if not found or not found[0]["exists"]:
-        tasks = ", ".join(f"{t['name']} ({t['status']})" for t in described["tasks"]) or "none"
-        why = "it was not written" if found else f"task {task} has no output {output!r}"
+        listed = ", ".join(f"{t['name']} ({t['status']})" for t in described["tasks"]) or "none"
+        why = "it was not written" if found else f"task {task_names} has no output {output!r}"
         hint = (
             " (blessed is only exported when the quality gate passes)" if name == "blessed" else ""
         )
         raise ArtifactError(
-            f"run {run_id} in {root} has no {name} model: {why}{hint}. Its tasks: {tasks}. "
+            f"run {run_id} in {root} has no {name} model: {why}{hint}. Its tasks: {listed}. "
             "Fix: pick a run that finished (python -m local_runner inspect --root "
             f"{root}) and pass RUN_ID:{name}"
         )

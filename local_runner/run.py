@@ -59,8 +59,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 STAGES = (
     "data-split",
     "train-teacher",
-    "distill-student",
     "train-student-scratch",
+    "distill-student",
     "evaluate",
     "export-model",
 )
