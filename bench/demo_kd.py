@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 
-def run_once(seed: int, test: tuple[Any, Any], work: Path, extra: dict[str, Any]) -> dict:
+def run_once(seed: int, test: tuple[Any, Any] | None, work: Path, extra: dict[str, Any]) -> dict:
     """One seed of the demo, through the stage functions; test accuracy on ``test``."""
     import parameters
     from kd import stages
@@ -58,7 +58,6 @@ def run_once(seed: int, test: tuple[Any, Any], work: Path, extra: dict[str, Any]
     stages.train_student_scratch(train, val, cfg["student"], str(work / "s"))
     times["scratch_s"] = time.perf_counter() - t
     times["stages_total_s"] = time.perf_counter() - t0
-    x, y = test
     from kd.data import load_dataset
 
     xv, yv = load_dataset(paths["validation"], expected_sha256=val[1])
@@ -69,7 +68,9 @@ def run_once(seed: int, test: tuple[Any, Any], work: Path, extra: dict[str, Any]
         ("student_scratch", "s"),
     ):
         model = load_model(work / folder)
-        acc[name] = float(classification_metrics(y, predict_logits(model, x, 500))["accuracy"])
+        if test is not None:
+            logits = predict_logits(model, test[0], 500)
+            acc[name] = float(classification_metrics(test[1], logits)["accuracy"])
         val_metrics[name] = classification_metrics(yv, predict_logits(model, xv, 500))
     _, reason, _ = stages.gate_decision(val_metrics, cfg["gate"])
     val_acc = {n: float(m["accuracy"]) for n, m in val_metrics.items()}
@@ -77,7 +78,9 @@ def run_once(seed: int, test: tuple[Any, Any], work: Path, extra: dict[str, Any]
         "seed": seed,
         "accuracy": acc,
         "val_accuracy": val_acc,
-        "kd_gain_points": 100 * (acc["student_distilled"] - acc["student_scratch"]),
+        "kd_gain_points": (
+            100 * (acc["student_distilled"] - acc["student_scratch"]) if acc else None
+        ),
         "gate_on_validation": reason,
         "times": times,
         "train_images": meta["train"]["num_examples"],
@@ -101,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="a pipeline parameter over the demo's (as local_runner run --param)",
     )
+    ap.add_argument(
+        "--val-only",
+        action="store_true",
+        help="score the validation split only (choosing the demo's settings: never on test)",
+    )
     ap.add_argument("--out", required=True, help="summary JSON path")
     a = ap.parse_args(argv)
 
@@ -114,26 +122,34 @@ def main(argv: list[str] | None = None) -> int:
     for item in a.param:
         key, _, value = item.partition("=")
         extra[key] = parse_value(value)
-    with np.load(Path(a.test_data) / "test.npz") as f:
-        test = (f["x"], f["y"].astype(np.uint8))
+    test = None
+    if not a.val_only:
+        with np.load(Path(a.test_data) / "test.npz") as f:
+            test = (f["x"], f["y"].astype(np.uint8))
     runs = []
     for seed in a.seeds:
         with tempfile.TemporaryDirectory(prefix="kd-demo-bench-") as tmp:
             r = run_once(seed, test, Path(tmp), extra)
         runs.append(r)
-        print(json.dumps({k: r[k] for k in ("seed", "accuracy", "kd_gain_points", "times")}))
-    agg = aggregate_runs([{n: {"accuracy": v} for n, v in r["accuracy"].items()} for r in runs])
+        print(
+            json.dumps(
+                {k: r[k] for k in ("seed", "accuracy", "val_accuracy", "kd_gain_points", "times")}
+            )
+        )
+    key = "val_accuracy" if a.val_only else "accuracy"
+    agg = aggregate_runs([{n: {"accuracy": v} for n, v in r[key].items()} for r in runs])
     gain = agg["kd_gain_points"]
     summary = {
         "command": " ".join(["python -m bench.demo_kd", *(argv or sys.argv[1:])]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "backend": f"keras-{keras.__version__}/{keras.backend.backend()}",
-        "test_images": int(len(test[1])),
+        "scored_on": "validation (the sample's)" if a.val_only else "official test set",
+        "test_images": int(len(test[1])) if test is not None else 0,
         "aggregate": agg,
         "target": {
             "kd_gain_points_min": 5.0,
-            "met": bool(gain["mean"] >= 5.0 and agg["kd_gain_exceeds_spread"]),
+            "met": bool(not a.val_only and gain["mean"] >= 5.0 and agg["kd_gain_exceeds_spread"]),
         },
         "runs": runs,
     }

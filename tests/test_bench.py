@@ -274,3 +274,31 @@ def test_cpu_speed_times_each_stage_under_the_runners_task_names():
     rows = per_stage(stages, docker)
     assert set(rows) == set(STAGES)
     assert all(r["container_overhead_s"] == pytest.approx(1.5, abs=0.01) for r in rows.values())
+
+
+@pytest.mark.slow
+def test_demo_kd_runs_the_demos_settings_and_scores_the_test_set_it_is_given(tmp_path):
+    """bench.demo_kd: the demo profile's stages with the shipped teacher, scored on the test
+    images passed (here 20 random ones), with the summary the RESULTS table is read from."""
+    import json
+
+    from bench import demo_kd
+
+    _write_source(tmp_path / "data", np.random.default_rng(2))
+    out = tmp_path / "demo.json"
+    demo_kd.main(
+        ["--test-data", str(tmp_path / "data"), "--seeds", "0", "--out", str(out)]
+        + ["--param", "student_epochs=1", "--param", "train_per_class=20"]
+    )
+    summary = json.loads(out.read_text())
+    (run,) = summary["runs"]
+    assert summary["test_images"] == 10 and summary["scored_on"] == "official test set"
+    assert run["params"]["student_epochs"] == 1 and run["train_images"] == 160
+    assert run["teacher"]["architecture"] == "fast_teacher"
+    acc = run["accuracy"]
+    assert run["kd_gain_points"] == pytest.approx(
+        100 * (acc["student_distilled"] - acc["student_scratch"])
+    )
+    # 10 images, 1 per class: every accuracy is a whole number of tenths.
+    assert all(abs(10 * a - round(10 * a)) < 1e-9 for a in acc.values())
+    assert run["gate_on_validation"].startswith("gate ")
