@@ -68,6 +68,9 @@ STAGES = (
     "evaluate",
     "export-model",
 )
+# The stages compiled with a retry policy (pipeline._heavy): kfp.local retries them, so the
+# run does not stop at their first failure.
+RETRIED_STAGES = ("train-teacher", "train-student-scratch", "distill-student")
 # With a teacher of the user's: imported and checked instead of trained.
 IMPORT_STAGES = ("importer", "check-teacher")
 
@@ -360,7 +363,7 @@ class _Progress:
             took = f" in {t['duration_s']:.1f} s" if "duration_s" in t else ""
             word = "done" if m.group(2) == "SUCCESS" else m.group(2)
             self._say(f"=== {m.group(1)}: {word}{took} ===")
-            if m.group(2) == "FAILURE":
+            if m.group(2) == "FAILURE" and m.group(1) not in RETRIED_STAGES:
                 self._failed = m.group(1)
 
     def failed_stage(self) -> str | None:
