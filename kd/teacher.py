@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -112,6 +111,7 @@ def check_teacher(
 
     from kd.evaluate import predict_logits
     from kd.models import build_model, count_params
+    from kd.stages import copy_file
     from kd.storage import write_text_atomic
     from kd.train import HISTORY_FILE, INFO_FILE, MODEL_FILE, load_model
 
@@ -186,8 +186,7 @@ def check_teacher(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, out / f".{MODEL_FILE}.tmp")
-    (out / f".{MODEL_FILE}.tmp").replace(out / MODEL_FILE)
+    copy_file(src, out / MODEL_FILE)
     write_text_atomic(out / HISTORY_FILE, "{}")
     write_text_atomic(out / INFO_FILE, json.dumps(info, indent=1))
     log(

@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -94,6 +93,7 @@ def stage_teacher(value: str, root: Path) -> str:
     """
     if not value:
         return ""
+    from kd.stages import copy_file
     from kd.storage import gcs_download, is_gcs
     from kd.teacher import SHIPPED, model_file, sha256_file, shipped_teacher_path
 
@@ -123,10 +123,8 @@ def stage_teacher(value: str, root: Path) -> str:
         dest.mkdir(parents=True, exist_ok=True)
         for extra in (file.with_suffix(".json"), file.parent / "info.json"):
             if extra.is_file() and extra != file:
-                shutil.copyfile(extra, dest / extra.name)
-        tmp = dest / f".{file.name}.tmp"
-        shutil.copyfile(file, tmp)
-        tmp.replace(target)
+                copy_file(extra, dest / extra.name)
+        copy_file(file, target)
     return str(target)
 
 

@@ -18,25 +18,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _commit() -> str:
@@ -68,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     from kd.data import load_dataset, make_splits
     from kd.evaluate import classification_metrics, predict_logits
     from kd.models import count_params
+    from kd.stages import copy_file
+    from kd.teacher import sha256_file
     from kd.train import train_teacher
 
     cfg = shipped_teacher_config()
@@ -99,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     model_dst = out / "fast_teacher.keras"
-    shutil.copyfile(result.model_path, model_dst)
+    copy_file(result.model_path, model_dst)
     data = Path(a.data)
     data_files = sorted(data.glob("*.npz")) if data.is_dir() else [data]
     record = {
         "model_file": model_dst.name,
-        "model_sha256": _sha256(model_dst),
+        "model_sha256": sha256_file(model_dst),
         "preset": cfg.preset,
         "architecture": result.model.name,
         "parameters": count_params(result.model),
@@ -112,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit,
         "data": {
             "source": str(a.data),
-            "files_sha256": {p.name: _sha256(p) for p in data_files},
+            "files_sha256": {p.name: sha256_file(p) for p in data_files},
             "train_images": int(len(train[0])),
             "validation_images": int(len(val[0])),
             "split": {"val_fraction": split_cfg.val_fraction, "seed": split_cfg.seed},
