@@ -36,9 +36,9 @@ run-local: setup  ## the pipeline locally without Docker (kfp.local SubprocessRu
 	$(BIN)/python -m local_runner run --runner subprocess --pipeline-root $(PIPELINE_ROOT) $(ARGS)
 
 inspect: setup  ## list local runs (ARGS="RUN" for one run, ARGS="--json" for scripts)
-	$(BIN)/python -m local_runner inspect --root $(PIPELINE_ROOT) $(ARGS)
+	$(BIN)/python -m local_runner inspect --pipeline-root $(PIPELINE_ROOT) $(ARGS)
 
-compile: setup  ## compile the pipeline to pipeline.yaml (ARGS="--gpus 1 --accelerator L4")
+compile: setup  ## compile the pipeline to pipeline.yaml (ARGS="--target vertex --gpus 1 --accelerator L4")
 	$(BIN)/python pipeline.py compile --output pipeline.yaml $(ARGS)
 
 image: setup  ## build the image from the public base (needs a registry)

@@ -13,6 +13,7 @@ import difflib
 import json
 from typing import Any
 
+from kd.config import TARGETS as REMOTE_TARGETS
 from kd.config import (
     DistillConfig,
     EvalConfig,
@@ -20,13 +21,14 @@ from kd.config import (
     GateConfig,
     SplitConfig,
     StudentConfig,
+    SweepConfig,
     TeacherConfig,
     TeacherSourceConfig,
 )
 from kd.errors import ConfigError
 
 #: Where a run goes: ``local`` (kfp.local), or a remote target of ``pipeline.py submit``.
-TARGETS = ("local", "kfp", "vertex")
+TARGETS = ("local", *REMOTE_TARGETS)
 
 
 class ParameterError(ValueError):
@@ -214,19 +216,12 @@ def _validate(params: dict[str, Any], target: str) -> None:
     # The sweep: its distillations take their temperature and alpha from the grid.
     _training_configs(params)
     grid = params["grid"]
-    if not isinstance(grid, list) or not grid:
-        raise ParameterError(
-            "parameter grid must be a non-empty JSON list of "
-            '{"temperature": T, "alpha": a}. Fix: e.g. --param '
-            'grid=\'[{"temperature": 4, "alpha": 0.1}]\''
-        )
-    for point in grid:
-        if not isinstance(point, dict) or set(point) != {"temperature", "alpha"}:
-            raise ParameterError(
-                f"grid point {point!r} must have exactly the keys "
-                "temperature and alpha. Fix: e.g. "
-                '{"temperature": 4, "alpha": 0.1}'
-            )
+    example = 'Fix: e.g. --param grid=\'[{"temperature": 4, "alpha": 0.1}]\''
+    try:
+        SweepConfig(grid=grid)
+    except ConfigError as exc:
+        raise ParameterError(f"parameter grid: {exc}. {example}") from exc
+    for point in grid:  # the students' settings, with each point's temperature and alpha
         _stage_config(
             DistillConfig, "student_", params, **point, teacher_views=params["teacher_views"]
         )

@@ -1,6 +1,6 @@
 """The kd-pipeline: compile it for Vertex AI or Kubeflow Pipelines, or submit it.
 
-    python pipeline.py compile [--output pipeline.yaml] [--target vertex|kfp]
+    python pipeline.py compile [--output pipeline.yaml] [--target kfp|vertex]
                                [--accelerator T4] [--gpus 1] [--image REGISTRY/kd-pipeline:TAG]
     python pipeline.py submit --target kfp --host http://localhost:8080 [--param teacher_epochs=60]
     python pipeline.py submit --target vertex --project P --region us-central1 \\
@@ -15,10 +15,10 @@ on this path imports TensorFlow.
 # No `from __future__ import annotations`: KFP reads the pipeline signature's real types.
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,26 @@ from components.select_best_student import select_best_student
 from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
 from kd.config import (
+    DEFAULT_VERTEX_ACCELERATOR,
+    TARGETS,
     DistillConfig,
     EvalConfig,
+    ExportConfig,
     GateConfig,
+    ResourceConfig,
     SplitConfig,
     StudentConfig,
+    SweepConfig,
     TeacherConfig,
     TeacherSourceConfig,
+    TrainConfig,
     defaults,
 )
-from kd.sweep import DEFAULT_GRID
+from kd.errors import ConfigError
 
 PIPELINE_NAME = "kd-cifar10"
 SWEEP_NAME = "kd-cifar10-sweep"
 PIPELINES = ("main", "sweep")
-TARGETS = ("vertex", "kfp")
 # Vertex AI machine-spec accelerator names, with short aliases.
 VERTEX_ACCELERATORS = {
     "T4": "NVIDIA_TESLA_T4",
@@ -72,39 +77,14 @@ _S, _T, _ST, _D = (
 )
 _E, _G = defaults(EvalConfig), defaults(GateConfig)
 _TS = defaults(TeacherSourceConfig)
-TRAIN_FIELDS = (
-    "preset",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "schedule",
-    "warmup_epochs",
-    "clipnorm",
-    "label_smoothing",
-    "augment",
-    "mixed_precision",
-    "early_stopping_patience",
-    "divergence_check_epoch",
-    "seed",
-)
+_X, _SW, _R = defaults(ExportConfig), defaults(SweepConfig), ResourceConfig()
+# The fields of a training stage (each a teacher_* and a student_* pipeline parameter).
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-@dataclass(frozen=True)
-class Resources:
-    """Compute for the training steps (Kubernetes quantities: CPU cores, memory bytes)."""
-
-    target: str = "vertex"
-    accelerator: str | None = None
-    gpus: int = 0
-    train_cpu: str = "8"
-    train_memory: str = "32G"
-    light_cpu: str = "2"
-    light_memory: str = "8G"
-    retries: int = 2
-    backoff: str = "30s"
+class Resources(ResourceConfig):
+    """Compute of the steps: the fields and defaults of :class:`kd.config.ResourceConfig`, plus
+    the accelerator type each target understands."""
 
     def accelerator_type(self) -> str | None:
         """The accelerator type string the target understands (None when no GPU)."""
@@ -112,7 +92,7 @@ class Resources:
             return None
         if self.target == "kfp":
             return KFP_GPU_RESOURCE
-        name = (self.accelerator or "T4").upper()
+        name = (self.accelerator or DEFAULT_VERTEX_ACCELERATOR).upper()
         if name in VERTEX_ACCELERATORS.values():
             return name
         if name not in VERTEX_ACCELERATORS:
@@ -224,8 +204,8 @@ def make_pipeline(res: Resources | None = None) -> Any:
         min_kd_gain: float = _G["min_kd_gain"],
         min_accuracy: float = _G["min_accuracy"],
         refuse_collapsed: bool = _G["refuse_collapsed"],
-        export_check_images: int = 256,
-        calibration_images: int = 200,
+        export_check_images: int = _X["check_images"],
+        calibration_images: int = _X["calibration_images"],
     ):
         """Teacher, distilled student and scratch student on CIFAR-10, evaluated side by side.
 
@@ -305,7 +285,7 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
         "by validation accuracy, with a heatmap and its test accuracy.",
     )
     def kd_sweep(
-        grid: list = DEFAULT_GRID,
+        grid: list = _SW["grid"],
         source: str = _S["source"],
         val_fraction: float = _S["val_fraction"],
         split_seed: int = _S["seed"],
@@ -424,8 +404,8 @@ def _add_compile_options(p: argparse.ArgumentParser, *, for_submit: bool = False
         p.add_argument(
             "--target",
             choices=TARGETS,
-            default="vertex",
-            help="where the pipeline runs; sets how GPUs are requested (default: vertex)",
+            default=_R.target,
+            help="where the pipeline runs; sets how GPUs are requested (default: %(default)s)",
         )
     p.add_argument(
         "--accelerator",
@@ -433,19 +413,30 @@ def _add_compile_options(p: argparse.ArgumentParser, *, for_submit: bool = False
         help="GPU type of the training steps. Vertex: "
         + ", ".join(VERTEX_ACCELERATORS)
         + " or a Vertex name (NVIDIA_L4); KFP: ignored, GPUs are requested as "
-        "nvidia.com/gpu (default: T4 on Vertex when --gpus > 0)",
+        f"nvidia.com/gpu (default: {DEFAULT_VERTEX_ACCELERATOR} on Vertex when --gpus > 0)",
     )
     p.add_argument(
-        "--gpus", type=int, default=0, help="GPUs per training step (default: 0, CPU only)"
+        "--gpus",
+        type=int,
+        default=_R.gpus,
+        help="GPUs per training step (default: %(default)s, CPU only)",
     )
-    p.add_argument("--train-cpu", default="8", help="CPU cores per training step (default: 8)")
-    p.add_argument("--train-memory", default="32G", help="memory per training step (default: 32G)")
+    p.add_argument(
+        "--train-cpu",
+        default=_R.train_cpu,
+        help="CPU cores per training step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--train-memory",
+        default=_R.train_memory,
+        help="memory per training step (default: %(default)s)",
+    )
     p.add_argument(
         "--retries",
         type=int,
-        default=2,
+        default=_R.retries,
         help="retries of a failed training step; retries resume from the last "
-        "checkpointed epoch (default: 2)",
+        "checkpointed epoch (default: %(default)s)",
     )
     p.add_argument(
         "--image",
@@ -464,14 +455,17 @@ def _add_compile_options(p: argparse.ArgumentParser, *, for_submit: bool = False
 def _resources(args: argparse.Namespace) -> Resources:
     if args.gpus < 0:
         raise SystemExit("error: --gpus must be >= 0")
-    return Resources(
-        target=args.target,
-        accelerator=args.accelerator,
-        gpus=args.gpus,
-        train_cpu=args.train_cpu,
-        train_memory=args.train_memory,
-        retries=args.retries,
-    )
+    try:
+        return Resources(
+            target=args.target,
+            accelerator=args.accelerator,
+            gpus=args.gpus,
+            train_cpu=args.train_cpu,
+            train_memory=args.train_memory,
+            retries=args.retries,
+        )
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

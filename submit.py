@@ -32,6 +32,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from kd.config import TARGETS, ResourceConfig
+
 __all__ = [
     "SubmitError",
     "add_submit_arguments",
@@ -779,9 +781,10 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("submission")
     group.add_argument(
         "--target",
-        choices=("kfp", "vertex"),
-        default="kfp",
-        help="where to run: a Kubeflow Pipelines server or Vertex AI Pipelines (default: kfp)",
+        choices=TARGETS,
+        default=ResourceConfig.target,
+        help="where to run: a Kubeflow Pipelines server or Vertex AI Pipelines "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--host",
@@ -884,7 +887,7 @@ def submit_from_args(args: argparse.Namespace, package_path: str) -> dict:
     def opt(name: str) -> Any:
         return getattr(args, name, None)
 
-    target = opt("target") or "kfp"
+    target = opt("target") or ResourceConfig.target
     params = {key: _param_value(value) for key, value in (opt("param") or [])}
     enable_caching = False if opt("no_cache") else None
 

@@ -166,7 +166,7 @@ def run_once(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
 def _test_accuracy(model_dir: Path, x: Any, y: Any) -> float:
     """Top-1 accuracy (fraction) of a saved model on the test images ``x``, labels ``y``."""
     from kd.evaluate import classification_metrics, predict_logits
-    from kd.train import load_model
+    from kd.model_folder import load_model
 
     logits = predict_logits(load_model(model_dir), x, EvalConfig().batch_size)
     return float(classification_metrics(y, logits)["accuracy"])

@@ -56,7 +56,9 @@ PIPELINES: dict[str, tuple[str, dict[str, object]]] = {
 def training_throughput(n: int) -> dict[str, float]:
     from kd.config import DistillConfig, StudentConfig, TeacherConfig
     from kd.data import load_cifar10
-    from kd.train import distill_student, load_model, train_student_scratch, train_teacher
+    from kd.distill import distill_student
+    from kd.model_folder import load_model
+    from kd.train import train_student_scratch, train_teacher
 
     d = load_cifar10("sample")
     tr, va = (d.x_train[:n], d.y_train[:n]), (d.x_test[:200], d.y_test[:200])

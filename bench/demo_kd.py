@@ -32,8 +32,8 @@ def run_once(seed: int, test: tuple[Any, Any] | None, work: Path, extra: dict[st
     import parameters
     from kd import stages
     from kd.evaluate import classification_metrics, predict_logits
+    from kd.model_folder import load_model
     from kd.teacher import shipped_teacher_path
-    from kd.train import load_model
     from local_runner.run import PROFILES
 
     overrides = {"split_seed": seed, "student_seed": seed, "teacher_seed": seed, **extra}

@@ -54,6 +54,7 @@ def run_precision(
     train: tuple[Any, Any], val: tuple[Any, Any], args: argparse.Namespace, precision: str
 ) -> dict[str, Any]:
     """The three stages in one precision; returns per-stage timings."""
+    from kd import distill as kdd
     from kd import train as kt
     from kd.config import DistillConfig, StudentConfig, TeacherConfig
 
@@ -76,7 +77,7 @@ def run_precision(
             ),
             (
                 "distill",
-                lambda: kt.distill_student(
+                lambda: kdd.distill_student(
                     teacher.model, train, val, DistillConfig(**common), f"{tmp}/d"
                 ),
             ),

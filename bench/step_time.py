@@ -61,8 +61,9 @@ STAGES = ("teacher", "scratch", "distill", "host")
 def build_stage(stage: str, preset: str, batch_size: int, steps: int, mixed: bool) -> Any:
     """The compiled training model of ``stage``, from the builders ``kd.train`` trains with."""
     from kd.config import DistillConfig, StudentConfig, TeacherConfig
+    from kd.distill import distill_trainer
     from kd.models import build_model
-    from kd.train import distill_trainer, supervised_trainer
+    from kd.train import supervised_trainer
 
     common = {"preset": preset, "batch_size": batch_size, "mixed_precision": mixed, "seed": 0}
     if stage == "host":

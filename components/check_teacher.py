@@ -3,10 +3,20 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
+from components.docs import config_args
 from components.image import IMAGE
+from kd.config import StudentConfig, TeacherSourceConfig
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+@config_args(
+    TeacherSourceConfig,
+    StudentConfig,
+    rename={"teacher_uri": "model", "student_preset": "preset"},
+    teacher="the imported teacher (a .keras file or a Model folder).",
+    validation="validation Dataset from data_split (its sha256 is checked).",
+    model="the admitted teacher (folder: model.keras, info.json with its identity).",
+)
 def check_teacher(
     teacher: Input[Model],
     validation: Input[Dataset],
@@ -16,12 +26,8 @@ def check_teacher(
 ):
     """Check a user's trained teacher and measure it before any student learns from it.
 
-    Args:
-        teacher: the imported teacher (a .keras file or a Model folder).
-        validation: validation Dataset from data_split (its sha256 is checked).
-        teacher_uri: where the teacher came from, as given (recorded).
-        student_preset: the students' preset (the teacher must take their input and classes).
-        model: the admitted teacher (folder: model.keras, info.json with its identity).
+    The teacher must take the input and classes of the students' preset (``student_preset``);
+    its URI as given (``teacher_uri``, the pipeline's ``teacher_model``) is recorded.
     """
     from kd.stages import check_teacher as run
 

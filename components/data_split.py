@@ -3,10 +3,19 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
+from components.docs import config_args
 from components.image import IMAGE
+from kd.config import SplitConfig
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+@config_args(
+    SplitConfig,
+    rename={"split_seed": "seed"},
+    train="the training Dataset (uncompressed .npz: x uint8 (N,32,32,3), y, indices).",
+    validation="the validation Dataset.",
+    test="the test Dataset (the official test set).",
+)
 def data_split(
     source: str,
     val_fraction: float,
@@ -17,18 +26,7 @@ def data_split(
     validation: Output[Dataset],
     test: Output[Dataset],
 ):
-    """Load CIFAR-10 and write a stratified, seeded train/validation split and the test set.
-
-    Args:
-        source: ``sample`` (shipped, offline), ``keras`` (download), a path, or ``gs://`` URI.
-        val_fraction: fraction of the official train set held out for validation (0-1).
-        split_seed: seed of the stratified split and of any per-class subsample.
-        train_per_class: at most this many training images per class (0 = all).
-        test_per_class: at most this many test images per class (0 = all).
-        train: the training Dataset (uncompressed .npz: x uint8 (N,32,32,3), y, indices).
-        validation: the validation Dataset.
-        test: the test Dataset (the official test set).
-    """
+    """Load CIFAR-10 and write a stratified, seeded train/validation split and the test set."""
     from kd.config import SplitConfig
     from kd.stages import split_data
 

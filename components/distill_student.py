@@ -3,10 +3,20 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
+from components.docs import config_args
 from components.image import IMAGE
+from kd.config import DistillConfig
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+@config_args(
+    DistillConfig,
+    teacher="the teacher Model from train_teacher.",
+    train="training Dataset from data_split (its sha256 is checked).",
+    validation="validation Dataset from data_split.",
+    model="the distilled student (folder: model.keras, history.json, info.json).",
+    metrics="best and final validation accuracy.",
+)
 def distill_student(
     teacher: Input[Model],
     train: Input[Dataset],
@@ -38,34 +48,6 @@ def distill_student(
     Loss: ``alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))``, batch
     mean; the teacher is frozen and runs in inference mode. Resumes from its last epoch on
     retry.
-
-    Args:
-        teacher: the teacher Model from train_teacher.
-        train: training Dataset from data_split (its sha256 is checked).
-        validation: validation Dataset from data_split.
-        preset: model preset (``seed``: the notebook's architectures; ``resnet``).
-        epochs: training epochs.
-        batch_size: images per step.
-        optimizer: ``sgd`` (Nesterov), ``adam`` or ``adamw``.
-        learning_rate: peak learning rate.
-        momentum: SGD momentum.
-        weight_decay: decoupled weight decay.
-        schedule: ``cosine`` (warm-up, cosine decay) or ``constant``.
-        warmup_epochs: linear warm-up epochs.
-        clipnorm: global gradient-norm clip (0 = off).
-        label_smoothing: label smoothing of the cross-entropy (0-1).
-        augment: random crop + horizontal flip.
-        mixed_precision: bfloat16 compute.
-        early_stopping_patience: epochs without a better val accuracy before stopping (0 = off).
-        divergence_check_epoch: from this epoch, val accuracy at chance fails the step (0 = off).
-        seed: seed of init, data order, augmentation and dropout.
-        temperature: T > 0 of the soft targets.
-        alpha: weight of the hard-label loss (0-1); 1 - alpha weights the soft loss.
-        teacher_views: 0 runs the teacher on every batch; K >= 1 caches its logits for K
-            augmented views of each training image first (K teacher passes instead of one per
-            epoch) and trains on those views.
-        model: the distilled student (folder: model.keras, history.json, info.json).
-        metrics: best and final validation accuracy.
     """
     from kd.config import DistillConfig, from_dict
     from kd.stages import distill_student as run

@@ -13,10 +13,28 @@ from kfp.dsl import (
     Output,
 )
 
+from components.docs import config_args
 from components.image import IMAGE
+from kd.config import EvalConfig, GateConfig
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+@config_args(
+    EvalConfig,
+    GateConfig,
+    teacher="the teacher Model.",
+    student_distilled="the distilled student Model.",
+    student_scratch="the scratch student Model.",
+    test="the test Dataset from data_split (its sha256 is checked).",
+    validation="the validation Dataset from data_split: the gate decides on it.",
+    metrics="accuracies, KD gain, compression ratio (also metrics.json in the file).",
+    teacher_confusion="the teacher's confusion matrix.",
+    distilled_confusion="the distilled student's confusion matrix.",
+    scratch_confusion="the scratch student's confusion matrix.",
+    report="the self-contained HTML report.",
+    summary="the Markdown summary (with the gate's decision).",
+    report_files="the report folder (PNGs, metrics.json, metrics.csv).",
+)
 def evaluate(
     teacher: Input[Model],
     student_distilled: Input[Model],
@@ -37,25 +55,6 @@ def evaluate(
     report_files: Output[Artifact],
 ) -> bool:
     """Test accuracy, per-class metrics, calibration, size and latency of the three models.
-
-    Args:
-        teacher: the teacher Model.
-        student_distilled: the distilled student Model.
-        student_scratch: the scratch student Model.
-        test: the test Dataset from data_split (its sha256 is checked).
-        validation: the validation Dataset from data_split: the gate decides on it.
-        min_kd_gain: the gate's minimum validation KD gain (distilled - scratch), points.
-        min_accuracy: the gate's minimum validation accuracy of the distilled student (0-1).
-        refuse_collapsed: the gate refuses a run where any model collapsed.
-        batch_size: prediction batch size (bounds memory).
-        latency_runs: timed batch-1 predictions for p50/p95 latency (ms).
-        metrics: accuracies, KD gain, compression ratio (also metrics.json in the file).
-        teacher_confusion: the teacher's confusion matrix.
-        distilled_confusion: the distilled student's confusion matrix.
-        scratch_confusion: the scratch student's confusion matrix.
-        report: the self-contained HTML report.
-        summary: the Markdown summary (with the gate's decision).
-        report_files: the report folder (PNGs, metrics.json, metrics.csv).
 
     Returns:
         Whether the quality gate passed (the summary and the report say which condition

@@ -3,10 +3,21 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
+from components.docs import config_args
 from components.image import IMAGE
+from kd.config import ExportConfig
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+@config_args(
+    ExportConfig,
+    student="the distilled student that passed the gate.",
+    train="the training Dataset (the int8 calibration images come from it).",
+    test="the test Dataset; the SavedModel must reproduce the Keras predictions on it.",
+    blessed="the serving model folder (saved_model/, model.keras, export.json).",
+    edge="TFLite models (model_float32.tflite, model_int8.tflite, tflite.json).",
+    edge_metrics="size (bytes), test accuracy, drop vs Keras (points), latency (ms).",
+)
 def export_model(
     student: Input[Model],
     train: Input[Dataset],
@@ -17,18 +28,7 @@ def export_model(
     edge: Output[Model],
     edge_metrics: Output[Metrics],
 ):
-    """Export the distilled student as a SavedModel (``serving_default``) and a .keras file.
-
-    Args:
-        student: the distilled student that passed the gate.
-        test: the test Dataset; the SavedModel must reproduce the Keras predictions on it.
-        train: the training Dataset (the int8 calibration images come from it).
-        check_images: how many test images the export check compares.
-        calibration_images: training images that calibrate the int8 quantization.
-        blessed: the serving model folder (saved_model/, model.keras, export.json).
-        edge: TFLite models (model_float32.tflite, model_int8.tflite, tflite.json).
-        edge_metrics: size (bytes), test accuracy, drop vs Keras (points), latency (ms).
-    """
+    """Export the distilled student as a SavedModel (``serving_default``) and a .keras file."""
     from kd.stages import export_blessed, export_edge
 
     info = export_blessed(

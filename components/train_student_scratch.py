@@ -3,10 +3,19 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
+from components.docs import config_args
 from components.image import IMAGE
+from kd.config import StudentConfig
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+@config_args(
+    StudentConfig,
+    train="training Dataset from data_split (its sha256 is checked).",
+    validation="validation Dataset from data_split.",
+    model="the scratch student (folder: model.keras, history.json, info.json).",
+    metrics="best and final validation accuracy.",
+)
 def train_student_scratch(
     train: Input[Dataset],
     validation: Input[Dataset],
@@ -31,28 +40,6 @@ def train_student_scratch(
 ):
     """Train the student of ``preset`` from scratch on hard labels (same builder and seed as the
     distilled student); resumes from its last epoch on retry. Needs no teacher.
-
-    Args:
-        train: training Dataset from data_split (its sha256 is checked).
-        validation: validation Dataset from data_split.
-        preset: model preset (``seed``: the notebook's architectures; ``resnet``).
-        epochs: training epochs.
-        batch_size: images per step.
-        optimizer: ``sgd`` (Nesterov), ``adam`` or ``adamw``.
-        learning_rate: peak learning rate.
-        momentum: SGD momentum.
-        weight_decay: decoupled weight decay.
-        schedule: ``cosine`` (warm-up, cosine decay) or ``constant``.
-        warmup_epochs: linear warm-up epochs.
-        clipnorm: global gradient-norm clip (0 = off).
-        label_smoothing: label smoothing of the cross-entropy (0-1).
-        augment: random crop + horizontal flip.
-        mixed_precision: bfloat16 compute.
-        early_stopping_patience: epochs without a better val accuracy before stopping (0 = off).
-        divergence_check_epoch: from this epoch, val accuracy at chance fails the step (0 = off).
-        seed: seed of init, data order, augmentation and dropout.
-        model: the scratch student (folder: model.keras, history.json, info.json).
-        metrics: best and final validation accuracy.
     """
     from kd.config import StudentConfig, from_dict
     from kd.stages import train_student_scratch as run

@@ -3,10 +3,19 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
+from components.docs import config_args
 from components.image import IMAGE
+from kd.config import TeacherConfig
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+@config_args(
+    TeacherConfig,
+    train="training Dataset from data_split (its sha256 is checked).",
+    validation="validation Dataset from data_split.",
+    model="the teacher (folder: model.keras, history.json, info.json).",
+    metrics="best and final validation accuracy.",
+)
 def train_teacher(
     train: Input[Dataset],
     validation: Input[Dataset],
@@ -29,30 +38,7 @@ def train_teacher(
     model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train the teacher of ``preset`` on hard labels; resumes from its last epoch on retry.
-
-    Args:
-        train: training Dataset from data_split (its sha256 is checked).
-        validation: validation Dataset from data_split.
-        preset: model preset (``seed``: the notebook's architectures; ``resnet``).
-        epochs: training epochs.
-        batch_size: images per step.
-        optimizer: ``sgd`` (Nesterov), ``adam`` or ``adamw``.
-        learning_rate: peak learning rate.
-        momentum: SGD momentum.
-        weight_decay: decoupled weight decay.
-        schedule: ``cosine`` (warm-up, cosine decay) or ``constant``.
-        warmup_epochs: linear warm-up epochs.
-        clipnorm: global gradient-norm clip (0 = off).
-        label_smoothing: label smoothing of the cross-entropy (0-1).
-        augment: random crop + horizontal flip.
-        mixed_precision: bfloat16 compute.
-        early_stopping_patience: epochs without a better val accuracy before stopping (0 = off).
-        divergence_check_epoch: from this epoch, val accuracy at chance fails the step (0 = off).
-        seed: seed of init, data order, augmentation and dropout.
-        model: the teacher (folder: model.keras, history.json, info.json).
-        metrics: best and final validation accuracy.
-    """
+    """Train the teacher of ``preset`` on hard labels; resumes from its last epoch on retry."""
     from kd.config import TeacherConfig, from_dict
     from kd.stages import train_teacher as run
 

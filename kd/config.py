@@ -13,7 +13,9 @@ of the hard-label loss (see :class:`DistillConfig`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,6 +39,10 @@ CLASS_NAMES = (
 PRESETS = ("seed", "resnet", "fast")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
+#: Where a compiled pipeline runs: a Kubeflow Pipelines server or Vertex AI Pipelines.
+TARGETS = ("kfp", "vertex")
+#: The Vertex AI GPU type of the training steps when GPUs are asked for without a type.
+DEFAULT_VERTEX_ACCELERATOR = "T4"
 # The most augmented views per image DistillConfig.teacher_views caches: 52 bytes per view and
 # image (10 float32 logits and an (oy, ox, flip) row), 133 MB for 40,000 images at 64 views.
 MAX_TEACHER_VIEWS = 64
@@ -84,7 +90,7 @@ class SplitConfig:
             these under ``gs://bucket/path``.
         val_fraction: fraction of the official train set held out for validation, stratified
             (0.2 gives the notebook's 40,000/10,000).
-        seed: seed of the stratified split.
+        seed: seed of the stratified split and of any per-class subsample.
         train_per_class: keep at most this many training images per class (0 = all); for
             quick runs and tests.
         test_per_class: keep at most this many test images per class (0 = all).
@@ -360,6 +366,82 @@ class ExportConfig:
         _check_int("calibration_images", self.calibration_images, 1)
 
 
+def _default_grid() -> list[dict[str, float]]:
+    return [{"temperature": t, "alpha": a} for t in (2.0, 4.0, 8.0) for a in (0.1, 0.5, 0.9)]
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The temperature x alpha sweep (the ``sweep`` pipeline): one distillation per grid point.
+
+    Args:
+        grid: the grid points, a non-empty list of ``{"temperature": T, "alpha": a}``, each
+            checked as :class:`DistillConfig` checks ``temperature`` and ``alpha`` (default:
+            T in {2, 4, 8} x alpha in {0.1, 0.5, 0.9}, 9 points).
+    """
+
+    grid: list[dict[str, float]] = field(default_factory=_default_grid)
+
+    def __post_init__(self) -> None:
+        example = '[{"temperature": 4, "alpha": 0.1}]'
+        if not isinstance(self.grid, list) or not self.grid:
+            _fail("grid", self.grid, f"must be a non-empty list such as {example}")
+        for point in self.grid:
+            if not isinstance(point, dict) or set(point) != {"temperature", "alpha"}:
+                _fail(
+                    "grid point",
+                    point,
+                    f"must have exactly the keys temperature and alpha, e.g. {example}",
+                )
+            try:
+                _check_float("temperature", point["temperature"], 0.0, 1000.0, lo_open=True)
+                _check_float("alpha", point["alpha"], 0.0, 1.0)
+            except ConfigError as exc:
+                raise ConfigError(f"grid point {point!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """Compute of the pipeline's steps on a cluster (Kubernetes quantities: CPU cores, memory
+    bytes). ``pipeline.py`` compiles them into the pipeline; the local runner takes ``retries``.
+
+    Args:
+        target: where the pipeline runs, ``kfp`` (a Kubeflow Pipelines server: GPUs are
+            requested as ``nvidia.com/gpu``) or ``vertex`` (Vertex AI Pipelines: GPUs are
+            requested by Vertex accelerator type).
+        accelerator: GPU type of the training steps on Vertex AI, an alias (``L4``) or a
+            Vertex name (``NVIDIA_L4``); ``None`` is ``DEFAULT_VERTEX_ACCELERATOR`` when
+            ``gpus`` > 0. Ignored on KFP.
+        gpus: GPUs per training step (0 = CPU only).
+        train_cpu: CPU cores per training step (request and limit).
+        train_memory: memory per training step (request and limit).
+        light_cpu: CPU cores per light step (split, teacher check, evaluation, export).
+        light_memory: memory per light step.
+        retries: retries of a failed training step; each resumes from the last checkpointed
+            epoch.
+        backoff: wait before the first retry (it doubles each retry).
+    """
+
+    target: str = "kfp"
+    accelerator: str | None = None
+    gpus: int = 0
+    train_cpu: str = "8"
+    train_memory: str = "32G"
+    light_cpu: str = "2"
+    light_memory: str = "8G"
+    retries: int = 2
+    backoff: str = "30s"
+
+    def __post_init__(self) -> None:
+        _check_choice("target", self.target, TARGETS)
+        _check_int("gpus", self.gpus, 0)
+        _check_int("retries", self.retries, 0)
+        for name in ("train_cpu", "train_memory", "light_cpu", "light_memory", "backoff"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                _fail(name, value, "must be a Kubernetes quantity such as '8', '32G' or '30s'")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything one run of the pipeline takes (what ``pipeline.py`` exposes as parameters)."""
@@ -389,5 +471,37 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
 
 
 def defaults(cls: type[Any]) -> dict[str, Any]:
-    """The default value of every field of a config class (pipeline parameter defaults)."""
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    """The default value of every field of a config class (pipeline parameter defaults); a
+    field with a ``default_factory`` gets a fresh value."""
+    return {
+        f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        for f in dataclasses.fields(cls)
+    }
+
+
+def field_docs(cls: type[Any]) -> dict[str, str]:
+    """The documentation of every documented field of a config class: the entries of the
+    Google-style ``Args:`` sections of its docstring and its bases' (the class's own entry
+    wins), each on one line (continuation lines joined by single spaces)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        docs.update(_args_section(klass.__dict__.get("__doc__")))
+    return {name: doc for name, doc in docs.items() if name in cls.__dataclass_fields__}
+
+
+def _args_section(doc: str | None) -> dict[str, str]:
+    lines = inspect.cleandoc(doc or "").splitlines()
+    if "Args:" not in lines:
+        return {}
+    entries: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in lines[lines.index("Args:") + 1 :]:
+        if line and not line.startswith(" "):  # the next section, e.g. "Raises:"
+            break
+        entry = re.match(r"^    (\w+): (.*)$", line)
+        if entry:
+            current = entries.setdefault(entry.group(1), [])
+            current.append(entry.group(2))
+        elif line.strip():
+            current.append(line.strip())
+    return {name: " ".join(words) for name, words in entries.items()}

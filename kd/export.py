@@ -80,7 +80,7 @@ def export_serving(
     """
     import keras
 
-    from kd.train import MODEL_FILE, load_model
+    from kd.model_folder import MODEL_FILE, load_model
 
     if keras.backend.backend() != "tensorflow":
         raise ArtifactError(
@@ -352,7 +352,7 @@ def export_tflite(
     import tensorflow as tf
 
     from kd.evaluate import predict_logits
-    from kd.train import MODEL_FILE, load_model
+    from kd.model_folder import MODEL_FILE, load_model
 
     cal = _check_images(calibration_images, "calibration_images")
     x_test = y_test = None

@@ -4,7 +4,7 @@
   model folder (``model.keras`` inside), a ``.tflite`` file (see :func:`kd.export.export_tflite`),
   a ``gs://`` URI of any of these (downloaded), or ``RUN:NAME`` / ``NAME`` naming a model of a
   pipeline run under a pipeline root (local or ``gs://``), found with
-  :func:`local_runner.inspect.describe_run`. ``NAME`` is one of :data:`MODEL_NAMES`;
+  :func:`kd.runs.describe_run`. ``NAME`` is one of :data:`MODEL_NAMES`;
   without ``RUN`` the latest run is used.
 - :func:`load_images` decodes PNG/JPEG files (any size and mode), folders of them and ``.npz``
   arrays into uint8 (N, 32, 32, 3) RGB.
@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from kd import runs
 from kd.config import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
 from kd.errors import ArtifactError, ConfigError, DataError
 from kd.storage import gcs_client, gcs_download, is_gcs, split_gcs
@@ -48,10 +49,10 @@ from kd.storage import gcs_client, gcs_download, is_gcs, split_gcs
 #: Model names a run spec accepts, and the (tasks, output) that holds each in a pipeline run:
 #: the teacher is trained (train-teacher) or brought in and checked (check-teacher).
 MODEL_ARTIFACTS: dict[str, tuple[tuple[str, ...], str]] = {
-    "teacher": (("train-teacher", "check-teacher"), "model"),
-    "student_distilled": (("distill-student",), "model"),
-    "student_scratch": (("train-student-scratch",), "model"),
-    "blessed": (("export-model",), "blessed"),
+    "teacher": ((runs.TRAIN_TEACHER, runs.CHECK_TEACHER), "model"),
+    "student_distilled": ((runs.DISTILL_STUDENT,), "model"),
+    "student_scratch": ((runs.TRAIN_STUDENT_SCRATCH,), "model"),
+    "blessed": ((runs.EXPORT_MODEL,), "blessed"),
 }
 MODEL_NAMES = tuple(MODEL_ARTIFACTS)
 MODEL_FILE = "model.keras"
@@ -182,22 +183,14 @@ def _download_model(uri: str, cache_dir: str | Path | None) -> Path:
 
 
 def _run_model(run: str, name: str, root: str, cache_dir: str | Path | None) -> tuple[Path, str]:
-    """The model ``name`` of ``run`` under the pipeline ``root`` (via local_runner.inspect)."""
+    """The model ``name`` of ``run`` under the pipeline ``root`` (via :mod:`kd.runs`)."""
     try:
-        from local_runner import inspect as ins
-    except ImportError as exc:
-        raise ArtifactError(
-            f"cannot resolve run model {run}:{name}: local_runner is not importable ({exc}). "
-            "Fix: run from the repository root (python -m local_runner predict ...), or pass "
-            "the model's path or gs:// URI"
-        ) from exc
-    try:
-        described = ins.describe_run(root, run)
+        described = runs.describe_run(root, run)
     except DataError as exc:
         raise type(exc)(
-            f"cannot find model {run}:{name} under pipeline root {root} (set it with --root / "
-            f"root=): {exc}",
-            *([exc.known] if isinstance(exc, ins.RunNotFoundError) else []),
+            f"cannot find model {run}:{name} under pipeline root {root} (set it with "
+            f"--pipeline-root / root=): {exc}",
+            *([exc.known] if isinstance(exc, runs.RunNotFoundError) else []),
         ) from exc
     tasks, output = MODEL_ARTIFACTS[name]
     found = [a for a in described["artifacts"] if a["task"] in tasks and a["name"] == output]
@@ -211,7 +204,7 @@ def _run_model(run: str, name: str, root: str, cache_dir: str | Path | None) -> 
         )
         raise ArtifactError(
             f"run {run_id} in {root} has no {name} model: {why}{hint}. Its tasks: {listed}. "
-            "Fix: pick a run that finished (python -m local_runner inspect --root "
+            "Fix: pick a run that finished (python -m local_runner inspect --pipeline-root "
             f"{root}) and pass RUN_ID:{name}"
         )
     uri = str(found[0]["uri"])
@@ -234,7 +227,7 @@ def load_predict_model(path: str | Path) -> Any:
 
     Args:
         path: a ``.keras`` file or model folder (loaded with ``safe_mode=True``, see
-            :func:`kd.train.load_model`), or a ``.tflite`` file.
+            :func:`kd.model_folder.load_model`), or a ``.tflite`` file.
 
     Returns:
         A Keras model, or a :class:`TFLiteModel`.
@@ -248,7 +241,7 @@ def load_predict_model(path: str | Path) -> Any:
         from kd.export import load_tflite
 
         return TFLiteModel(p, load_tflite(p))
-    from kd.train import load_model
+    from kd.model_folder import load_model
 
     model = load_model(p)
     file = p / MODEL_FILE if p.is_dir() else p
@@ -476,7 +469,7 @@ def predict(
     """Top-k classes of each image.
 
     Args:
-        model: a Keras model (from :func:`load_predict_model` or :func:`kd.train.load_model`),
+        model: a Keras model (:func:`load_predict_model`, :func:`kd.model_folder.load_model`),
             or a :class:`TFLiteModel`.
         x: images uint8 (N, 32, 32, 3) RGB 0-255 (e.g. from :func:`load_images`).
         top_k: how many classes to return per image (1 to the number of classes).

@@ -100,13 +100,14 @@ def distill_student(
     log: Log = print,
 ) -> dict[str, Any]:
     """Distill the student from the teacher saved in ``teacher_dir``."""
-    from kd import train as kd_train
+    from kd.distill import distill_student as run
+    from kd.model_folder import load_model
     from kd.teacher import teacher_identity
 
-    teacher = kd_train.load_model(teacher_dir)
+    teacher = load_model(teacher_dir)
     tr, va = _load(*train, "train"), _load(*val, "validation")
     identity = teacher_identity(teacher_dir)
-    result = kd_train.distill_student(teacher, tr, va, cfg, out_dir, log=log, teacher_info=identity)
+    result = run(teacher, tr, va, cfg, out_dir, log=log, teacher_info=identity)
     return result.info
 
 
@@ -207,7 +208,7 @@ def evaluate(
     """
     from kd import evaluate as ev
     from kd import report
-    from kd.train import HISTORY_FILE, MODEL_FILE, load_model
+    from kd.model_folder import HISTORY_FILE, MODEL_FILE, load_model
 
     missing = [n for n in MODEL_NAMES if n not in model_dirs]
     if missing:

@@ -18,8 +18,6 @@ import numpy as np
 from kd.errors import ArtifactError
 from kd.storage import atomic_path, write_text_atomic
 
-DEFAULT_GRID = [{"temperature": t, "alpha": a} for t in (2.0, 4.0, 8.0) for a in (0.1, 0.5, 0.9)]
-
 
 def grid_points(temperatures: list[float], alphas: list[float]) -> list[dict[str, float]]:
     """The full grid as a list of ``{"temperature": T, "alpha": a}`` (ParallelFor items)."""
@@ -141,7 +139,7 @@ def select_best(
 
     from kd import stages
     from kd.evaluate import classification_metrics, predict_logits
-    from kd.train import load_model
+    from kd.model_folder import load_model
 
     candidates = read_candidates(model_dirs)
     chosen = choose(candidates)

@@ -55,7 +55,7 @@ def sha256_file(path: str | Path) -> str:
 
 def model_file(path: str | Path) -> Path:
     """The ``.keras`` file of a teacher given as a file or as a Model folder."""
-    from kd.train import MODEL_FILE
+    from kd.model_folder import MODEL_FILE
 
     p = Path(path)
     return p / MODEL_FILE if p.is_dir() else p
@@ -110,10 +110,10 @@ def check_teacher(
     import numpy as np
 
     from kd.evaluate import predict_logits
+    from kd.model_folder import HISTORY_FILE, INFO_FILE, MODEL_FILE, load_model
     from kd.models import build_model, count_params
     from kd.stages import copy_file
     from kd.storage import write_text_atomic
-    from kd.train import HISTORY_FILE, INFO_FILE, MODEL_FILE, load_model
 
     if student_preset not in PRESETS:
         raise ConfigError(
@@ -203,7 +203,7 @@ def teacher_identity(model_dir: str | Path) -> dict[str, Any]:
     "val_accuracy", "trained_on"}``; ``trained_on`` is what the teacher's own provenance says
     about its training data (the shipped teacher: the official training set), or None.
     """
-    from kd.train import INFO_FILE
+    from kd.model_folder import INFO_FILE
 
     d = Path(model_dir)
     src = model_file(d)

@@ -1,6 +1,7 @@
-"""Training: the teacher, the scratch student and the distilled student, resumable.
+"""Supervised training (the teacher, the scratch student) and the training loop all stages share.
 
-All three go through :func:`fit`, which adds what a production run needs around
+The teacher, the scratch student and the distilled student (:func:`kd.distill.distill_student`,
+built on this module) all go through :func:`fit`, which adds what a production run needs around
 ``keras.Model.fit``:
 
 - **Augmentation** (random crop from a 4-pixel zero-padded image, horizontal flip) inside the
@@ -22,9 +23,8 @@ All three go through :func:`fit`, which adds what a production run needs around
   ``divergence_check_epoch`` on, stops the run with :class:`kd.errors.DivergenceError`.
 - **History** as JSON (``history.json``), early stopping on validation accuracy, progress lines.
 
-Outputs of each stage, in ``out_dir``: ``model.keras`` (the model, preprocessing included),
-``history.json``, ``info.json`` (preset, role, parameters, best validation accuracy, config).
-Every file is written atomically.
+Outputs of each stage, in ``out_dir``: the model folder of :mod:`kd.model_folder`
+(``model.keras``, ``history.json``, ``info.json``), every file written atomically.
 """
 
 from __future__ import annotations
@@ -38,28 +38,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
-from kd import distill as kd_distill
 from kd.config import (
-    IMAGE_SHAPE,
     NUM_CLASSES,
-    DistillConfig,
     StudentConfig,
     TeacherConfig,
     TrainConfig,
 )
 from kd.errors import ArtifactError, ConfigError, DivergenceError
+from kd.model_folder import HISTORY_FILE, MODEL_FILE, save_outputs
 from kd.models import build_model, count_params, fit_whitening
-from kd.storage import atomic_path, write_text_atomic
+from kd.storage import write_text_atomic
+
+if TYPE_CHECKING:
+    from kd.distill import TeacherViews
 
 Log = Callable[[str], None]
-MODEL_FILE = "model.keras"
-HISTORY_FILE = "history.json"
-INFO_FILE = "info.json"
 CHECKPOINT_DIR = "checkpoint"
 # Part of every checkpoint's fingerprint: a checkpoint of another layout (before training
 # models had the CropFlip front end) is discarded, not loaded into the wrong variables.
@@ -188,7 +186,7 @@ class CropFlip(keras.layers.Layer):
 IMAGE_KEY, AUGMENT_KEY, TEACHER_KEY = "image", "augment", "teacher_logits"
 
 
-def _batch_inputs(image_shape: tuple[int, ...], teacher_logits: bool) -> dict[str, Any]:
+def batch_inputs(image_shape: tuple[int, ...], teacher_logits: bool) -> dict[str, Any]:
     inputs = {
         IMAGE_KEY: keras.Input(image_shape, dtype="uint8", name=IMAGE_KEY),
         AUGMENT_KEY: keras.Input((3,), dtype="int32", name=AUGMENT_KEY),
@@ -207,82 +205,9 @@ def training_model(model: Any, pad: int = 4, *, teacher_logits: bool = False) ->
     With ``teacher_logits`` it also takes (and ignores) the batch's cached teacher logits,
     float32 (N, 10), so that it shares its inputs with :func:`cached_teacher`.
     """
-    inputs = _batch_inputs(model.input_shape[1:], teacher_logits)
+    inputs = batch_inputs(model.input_shape[1:], teacher_logits)
     x = CropFlip(pad, name="crop_flip")([inputs[IMAGE_KEY], inputs[AUGMENT_KEY]])
     return keras.Model(inputs, model(x), name=f"{model.name}_fit")
-
-
-def cached_teacher() -> Any:
-    """The teacher of a cached distillation: returns the batch's ``"teacher_logits"``, the
-    logits :func:`cache_teacher_views` computed for exactly the views in the batch. It has the
-    inputs of ``training_model(student, teacher_logits=True)`` and no weights."""
-    inputs = _batch_inputs(IMAGE_SHAPE, teacher_logits=True)
-    logits = keras.layers.Identity(dtype="float32", name="cached_logits")(inputs[TEACHER_KEY])
-    return keras.Model(inputs, logits, name="cached_teacher")
-
-
-@dataclass(frozen=True)
-class TeacherViews:
-    """``K`` augmented views of each of ``N`` images and the teacher's logits for each.
-
-    Attributes:
-        augment: int32 (N, K, 3) ``(oy, ox, flip)`` rows (:func:`draw_augmentation`).
-        logits: float32 (N, K, C) the teacher's logits for each view (inference mode).
-    """
-
-    augment: np.ndarray
-    logits: np.ndarray
-
-    @property
-    def count(self) -> int:
-        """K, the views per image."""
-        return int(self.augment.shape[1])
-
-
-def cache_teacher_views(
-    teacher: Any,
-    x: np.ndarray,
-    views: int,
-    *,
-    seed: int,
-    augment: bool = True,
-    pad: int = 4,
-) -> TeacherViews:
-    """The teacher's logits for ``views`` augmented views of every image of ``x``.
-
-    View ``k`` of the N images draws its crop offsets and flips from a generator keyed by
-    ``(seed, k)`` (identity rows without ``augment``); the teacher runs in inference mode
-    behind the same :class:`CropFlip` as in online distillation, in batches of
-    :func:`eval_batch_size`. Cost: ``views`` forward passes over ``x``.
-
-    Args:
-        teacher: the trained teacher (a plain model, uint8 images in, logits out).
-        x: uint8 (N, 32, 32, 3) images.
-        views: K >= 1.
-        seed: the run's seed.
-        augment: random views (else every view is the image itself).
-        pad: crop padding in pixels.
-    """
-    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-        raise ConfigError(
-            f"cache_teacher_views needs views >= 1, got {views!r}. Fix: pass K >= 1 (0 means "
-            "no cache: distill with the online teacher)"
-        )
-    n = len(x)
-    if augment:
-        rows = [
-            draw_augmentation(np.random.default_rng([seed, k, 0, 3]), n, pad) for k in range(views)
-        ]
-    else:
-        rows = [identity_augmentation(n, pad)] * views
-    forward = training_model(teacher, pad)
-    logits = np.empty((n, views, NUM_CLASSES), np.float32)
-    for k in range(views):
-        out = forward.predict(
-            {IMAGE_KEY: x, AUGMENT_KEY: rows[k]}, batch_size=eval_batch_size(n), verbose=0
-        )
-        logits[:, k] = np.asarray(out, np.float32)
-    return TeacherViews(np.stack(rows, axis=1), logits)
 
 
 def _jax_accelerator() -> bool:
@@ -325,9 +250,9 @@ class BatchSequence(keras.utils.PyDataset):
     wraps the sequence in a ``tf.data`` generator, which would copy device tensors back to
     the host: there the host gathers the batch.
 
-    ``views`` (cached distillation, :func:`cache_teacher_views`): each image's crop and flip
-    come from one of its K cached views, drawn per image from ``(seed, e, i)`` (view 0 when
-    K = 1), and the batch adds that view's teacher logits as ``"teacher_logits"``.
+    ``views`` (cached distillation, :func:`kd.distill.cache_teacher_views`): each image's crop
+    and flip come from one of its K cached views, drawn per image from ``(seed, e, i)`` (view 0
+    when K = 1), and the batch adds that view's teacher logits as ``"teacher_logits"``.
     """
 
     def __init__(
@@ -607,7 +532,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: choose sgd, adam or adamw")
 
 
-def _config_fingerprint(cfg: TrainConfig, extra: str) -> str:
+def config_fingerprint(cfg: TrainConfig, extra: str) -> str:
     text = json.dumps(
         {
             "format": CHECKPOINT_FORMAT,
@@ -620,7 +545,7 @@ def _config_fingerprint(cfg: TrainConfig, extra: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _prepare_checkpoint(ckpt: Path, fingerprint: str, log: Log, name: str) -> None:
+def prepare_checkpoint(ckpt: Path, fingerprint: str, log: Log, name: str) -> None:
     stamp = ckpt / "fingerprint.txt"
     if ckpt.exists():
         if stamp.exists() and stamp.read_text() == fingerprint:
@@ -664,7 +589,7 @@ def fit(
         fingerprint_extra: anything besides ``cfg`` a checkpoint must match (e.g. data hash).
         log: where progress lines go.
         views: cached teacher views of the training and the validation split (a distiller
-            from :func:`distill_trainer` with ``cfg.teacher_views``), or None.
+            from :func:`kd.distill.distill_trainer` with ``cfg.teacher_views``), or None.
 
     Returns:
         The history: per-epoch lists (``epoch`` 1-based, ``loss``, ``accuracy``,
@@ -681,7 +606,7 @@ def fit(
         )
     out = Path(out_dir)
     ckpt = out / CHECKPOINT_DIR
-    _prepare_checkpoint(ckpt, _config_fingerprint(cfg, fingerprint_extra), log, name)
+    prepare_checkpoint(ckpt, config_fingerprint(cfg, fingerprint_extra), log, name)
     saver = EpochCheckpoint(ckpt)
     start = saver.latest()[0]
     train_seq = BatchSequence(
@@ -730,7 +655,7 @@ def fit(
     return hist.history
 
 
-def _validate_split(name: str, x: np.ndarray, y: np.ndarray) -> None:
+def validate_split(name: str, x: np.ndarray, y: np.ndarray) -> None:
     if len(x) == 0:
         raise ArtifactError(f"the {name} split is empty. Fix: re-run data_split with more data")
     if x.dtype != np.uint8 or x.shape[1:] != (32, 32, 3) or len(x) != len(y):
@@ -754,56 +679,39 @@ class TrainResult:
         return self.out_dir / MODEL_FILE
 
 
-def save_outputs(
-    model: Any, out_dir: str | Path, history: dict[str, Any], info: dict[str, Any]
-) -> Path:
-    """Write ``model.keras``, ``history.json`` and ``info.json`` atomically into ``out_dir``."""
-    out = Path(out_dir)
-    # A clean copy: architecture and weights, no optimizer state or training config. Not
-    # keras.models.clone_model: it compiles the clone when the model was compiled, and the
-    # saved file then carries the optimizer's slots (2x the size with SGD momentum).
-    clean = keras.Model.from_config(model.get_config())
-    clean.set_weights(model.get_weights())
-    with atomic_path(out / MODEL_FILE) as tmp:
-        keras_tmp = tmp.with_suffix(".keras")  # Keras insists on the .keras suffix
-        try:
-            clean.save(str(keras_tmp))
-            keras_tmp.rename(tmp)
-        finally:
-            keras_tmp.unlink(missing_ok=True)  # a save that failed half-way leaves nothing
-    write_text_atomic(out / HISTORY_FILE, json.dumps(history, indent=1))
-    write_text_atomic(out / INFO_FILE, json.dumps(info, indent=1))
-    return out / MODEL_FILE
+def hard_loss(label_smoothing: float = 0.0) -> keras.losses.Loss:
+    """Cross-entropy of integer labels against logits, with optional label smoothing."""
+    if label_smoothing == 0.0:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return SmoothedSparseCrossentropy(label_smoothing)
 
 
-def load_model(path: str | Path) -> Any:
-    """Load a model saved by a stage (``model.keras`` or the folder holding it) safely.
+@keras.saving.register_keras_serializable(package="kd")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Sparse cross-entropy on logits with label smoothing (Keras's sparse loss has none).
 
-    ``safe_mode=True``: a file that would deserialise arbitrary code (a Lambda layer) is
-    refused. Raises ArtifactError for anything that is not a Keras model.
+    Targets are ``(1 - eps) * onehot(y) + eps / C`` with ``eps = label_smoothing``, C = 10.
     """
-    p = Path(path)
-    if p.is_dir():
-        p = p / MODEL_FILE
-    if not p.exists():
-        raise ArtifactError(
-            f"no model at {p}: expected a .keras file or a folder holding {MODEL_FILE}. Fix: "
-            "pass the Model artifact written by a training stage"
+
+    def __init__(
+        self, label_smoothing: float = 0.1, name: str = "smoothed_sparse_ce", **kwargs: Any
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        onehot = keras.ops.one_hot(
+            keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), NUM_CLASSES
         )
-    try:
-        import zipfile
+        return keras.losses.categorical_crossentropy(
+            onehot, y_pred, from_logits=True, label_smoothing=self.label_smoothing
+        )
 
-        if not zipfile.is_zipfile(p):
-            raise ValueError("not a .keras archive (zip)")
-        return keras.saving.load_model(str(p), compile=False, safe_mode=True)
-    except Exception as exc:
-        raise ArtifactError(
-            f"{p} is not a loadable Keras model ({type(exc).__name__}: {exc}). Fix: pass a "
-            ".keras file saved by train_teacher, distill_student or train_student_scratch"
-        ) from exc
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
-def _finish(
+def finish_stage(
     model: Any,
     history: dict[str, list[float]],
     out_dir: Path,
@@ -832,20 +740,12 @@ def _finish(
     return TrainResult(model=model, history=history, out_dir=out_dir, info=info)
 
 
-def _data_fingerprint(train: tuple[np.ndarray, np.ndarray]) -> str:
+def data_fingerprint(train: tuple[np.ndarray, np.ndarray]) -> str:
     x, y = train
     h = hashlib.sha256()
     h.update(str(x.shape).encode())
     h.update(np.ascontiguousarray(x[:: max(1, len(x) // 64)]).tobytes())
     h.update(np.ascontiguousarray(y).tobytes())
-    return h.hexdigest()
-
-
-def _weights_fingerprint(model: Any) -> str:
-    h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(str(w.shape).encode())
-        h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()
 
 
@@ -870,39 +770,11 @@ def supervised_trainer(
     trainer = training_model(model)
     trainer.compile(
         optimizer=make_optimizer(cfg, steps),
-        loss=kd_distill.hard_loss(cfg.label_smoothing),
+        loss=hard_loss(cfg.label_smoothing),
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
     return model, trainer
-
-
-def distill_trainer(teacher: Any, cfg: DistillConfig, steps: int) -> tuple[Any, Any]:
-    """The student of ``cfg.preset`` and a compiled, built distiller from ``teacher``.
-
-    Teacher and student each sit behind the same :class:`CropFlip`: fed the same offsets,
-    they see the same augmented images. With ``cfg.teacher_views`` the distiller's teacher is
-    :func:`cached_teacher` (the batches then carry the teacher's logits: ``fit(views=...)``).
-    """
-    student = build_model(cfg.preset, "student", seed=cfg.seed, mixed_precision=cfg.mixed_precision)
-    kd_distill.check_compatible(teacher, student)
-    cached = cfg.teacher_views > 0
-    distiller = kd_distill.make_distiller(
-        cached_teacher() if cached else training_model(teacher),
-        training_model(student, teacher_logits=cached),
-        cfg,
-    )
-    keras.utils.set_random_seed(cfg.seed)
-    kd_distill.compile_distiller(distiller, make_optimizer(cfg, steps), cfg)
-    # Built, so a resume can load.
-    batch = {
-        IMAGE_KEY: np.zeros((1, *IMAGE_SHAPE), np.uint8),
-        AUGMENT_KEY: identity_augmentation(1),
-    }
-    if cached:
-        batch[TEACHER_KEY] = np.zeros((1, NUM_CLASSES), np.float32)
-    distiller(batch)
-    return student, distiller
 
 
 def train_supervised(
@@ -921,8 +793,8 @@ def train_supervised(
     Loss: cross-entropy of the labels against the logits (label-smoothed if configured).
     ``jit_compile``: see :func:`supervised_trainer`.
     """
-    _validate_split("train", *train)
-    _validate_split("validation", *val)
+    validate_split("train", *train)
+    validate_split("validation", *val)
     out = Path(out_dir)
     steps = steps_per_epoch(len(train[0]), cfg.batch_size)
     model, trainer = supervised_trainer(cfg, role, steps, images=train[0], jit_compile=jit_compile)
@@ -933,10 +805,10 @@ def train_supervised(
         cfg,
         out,
         name=stage,
-        fingerprint_extra=_data_fingerprint(train),
+        fingerprint_extra=data_fingerprint(train),
         log=log,
     )
-    return _finish(model, history, out, cfg, role, stage)
+    return finish_stage(model, history, out, cfg, role, stage)
 
 
 def train_teacher(
@@ -971,75 +843,3 @@ def train_student_scratch(
     return train_supervised(
         train, val, cfg, out_dir, role="student", stage="train_student_scratch", log=log
     )
-
-
-def distill_student(
-    teacher: Any,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    cfg: DistillConfig,
-    out_dir: str | Path,
-    log: Log = print,
-    teacher_info: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Distill the student of ``cfg.preset`` from ``teacher`` (see :mod:`kd.distill`).
-
-    The student starts from the same weights as the scratch student (same builder and seed);
-    validation loss and accuracy of the student are tracked every epoch. With
-    ``cfg.teacher_views`` = K the teacher's logits are cached first (:func:`cache_teacher_views`:
-    K views of the training split, the validation split as it is), and training reads them;
-    ``info.json`` then records ``teacher_cache_s``, the caching's wall time (s).
-    ``teacher_info`` (:func:`kd.teacher.teacher_identity`) is recorded as ``info["teacher"]``:
-    which teacher taught this student.
-    """
-    _validate_split("train", *train)
-    _validate_split("validation", *val)
-    if cfg.clipnorm == 0 and cfg.learning_rate * cfg.temperature > 0.25:
-        log(
-            f"[distill_student] warning: lr {cfg.learning_rate} with T={cfg.temperature} and no "
-            "clipping diverged on the seed student in measurements; consider clipnorm=2"
-        )
-    out = Path(out_dir)
-    steps = steps_per_epoch(len(train[0]), cfg.batch_size)
-    student, distiller = distill_trainer(teacher, cfg, steps)
-    # The teacher's weights, not only its size: a resume with another teacher starts afresh.
-    fingerprint = _data_fingerprint(train) + _weights_fingerprint(teacher)
-    views = None
-    extra: dict[str, Any] = {"teacher": teacher_info or {}}
-    if cfg.teacher_views:
-        # The output folder is checked (and a checkpoint of another config discarded) before
-        # the teacher passes of the cache, not after them.
-        _prepare_checkpoint(
-            out / CHECKPOINT_DIR, _config_fingerprint(cfg, fingerprint), log, "distill_student"
-        )
-        if cfg.teacher_views >= cfg.epochs:
-            log(
-                f"[distill_student] note: teacher_views={cfg.teacher_views} costs as many "
-                f"teacher passes as the online teacher's {cfg.epochs} epochs, or more; "
-                "use fewer views, or teacher_views=0 (online)"
-            )
-        t0 = time.perf_counter()
-        views = (
-            cache_teacher_views(
-                teacher, train[0], cfg.teacher_views, seed=cfg.seed, augment=cfg.augment
-            ),
-            cache_teacher_views(teacher, val[0], 1, seed=cfg.seed, augment=False),
-        )
-        extra["teacher_cache_s"] = time.perf_counter() - t0
-        log(
-            f"[distill_student] cached the teacher's logits for {cfg.teacher_views} view(s) of "
-            f"{len(train[0])} training images and the validation split "
-            f"({extra['teacher_cache_s']:.1f} s)"
-        )
-    history = fit(
-        distiller,
-        train,
-        val,
-        cfg,
-        out,
-        name="distill_student",
-        fingerprint_extra=fingerprint,
-        log=log,
-        views=views,
-    )
-    return _finish(student, history, out, cfg, "student", "distill_student", extra)

@@ -3,8 +3,8 @@
 python -m local_runner run [--runner docker|subprocess] [--data sample|keras|PATH|gs://...]
                            [--teacher shipped|PATH|gs://... | --train-teacher]
                            [--profile demo|full] [--param KEY=VALUE ...]
-python -m local_runner inspect [RUN] [--root runs | gs://BUCKET/ROOT] [--json]
-python -m local_runner predict MODEL INPUT [INPUT ...] [--root runs] [--top-k 3]
+python -m local_runner inspect [RUN] [--pipeline-root runs | gs://BUCKET/ROOT] [--json]
+python -m local_runner predict MODEL INPUT [INPUT ...] [--pipeline-root runs] [--top-k 3]
                                [--json | --csv PATH]
 """
 
@@ -45,13 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the pipeline's components locally. Checks parameters, "
         "data, Docker and the image before any stage starts.",
     )
+    # The defaults these options name are the configs' (kd.config), as the pipeline's are.
+    from kd.config import ResourceConfig, SplitConfig, StudentConfig, TeacherConfig
+    from pipeline import PIPELINES  # kfp and the components: no TensorFlow
+
+    def demo_axis(key: str) -> str:  # the demo profile's grid values of one axis: "{2, 5}"
+        values = sorted({point[key] for point in PROFILES["demo"]["grid"]})
+        return "{" + ", ".join(f"{v:g}" for v in values) + "}"
+
     r.add_argument(
         "--pipeline",
-        choices=("main", "sweep"),
+        choices=PIPELINES,
         default="main",
         help="main: teacher, students, evaluation, gate, export; sweep: distillation over the "
-        "temperature x alpha grid (--param grid=JSON; demo: T in {2, 5} x alpha in "
-        "{0.1, 0.5}) (default: main)",
+        f"temperature x alpha grid (--param grid=JSON; demo: T in {demo_axis('temperature')} "
+        f"x alpha in {demo_axis('alpha')}) (default: main)",
     )
     r.add_argument(
         "--runner",
@@ -91,37 +99,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=PRESETS,
         default=None,
-        help="model preset of teacher and students (default: seed)",
+        help=f"model preset of teacher and students (default: {TeacherConfig.preset})",
     )
     r.add_argument(
         "--teacher-epochs",
         type=int,
         default=None,
-        help="teacher epochs (default: the profile's; demo 10, full 60)",
+        help="teacher epochs (default: the profile's; demo "
+        f"{PROFILES['demo']['teacher_epochs']}, full {TeacherConfig.epochs})",
     )
     r.add_argument(
         "--student-epochs",
         type=int,
         default=None,
-        help="epochs of both students (default: the profile's; demo 15, full 60)",
+        help="epochs of both students (default: the profile's; demo "
+        f"{PROFILES['demo']['student_epochs']}, full {StudentConfig.epochs})",
     )
     r.add_argument(
         "--seed",
         type=int,
         default=None,
-        help="one seed for the split and all training (default: 42)",
+        help=f"one seed for the split and all training (default: {SplitConfig.seed})",
     )
     r.add_argument(
         "--train-per-class",
         type=int,
         default=None,
-        help="training images per class, 0 = all (default: 0)",
+        help=f"training images per class, 0 = all (default: {SplitConfig.train_per_class})",
     )
     r.add_argument(
         "--test-per-class",
         type=int,
         default=None,
-        help="test images per class, 0 = all (default: 0)",
+        help=f"test images per class, 0 = all (default: {SplitConfig.test_per_class})",
     )
     r.add_argument(
         "--param",
@@ -154,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--retries",
         type=int,
-        default=2,
-        help="retries of a failed training stage, resuming from its last epoch (default: 2)",
+        default=ResourceConfig.retries,
+        help="retries of a failed training stage, resuming from its last epoch "
+        "(default: %(default)s)",
     )
     r.add_argument(
         "--verbose",
@@ -174,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", nargs="?", help="run id, a unique prefix, or 'latest' (default: list all runs)"
     )
     i.add_argument(
-        "--root",
+        "--pipeline-root",
         default=DEFAULT_PIPELINE_ROOT,
         help="pipeline root: a local folder or gs://BUCKET/ROOT written by KFP or "
         f"Vertex AI (default: {DEFAULT_PIPELINE_ROOT}/)",
@@ -207,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="PNG/JPEG files, folders of them, or .npz files with x (and y) or x_test",
     )
     p.add_argument(
-        "--root",
+        "--pipeline-root",
         default=DEFAULT_PIPELINE_ROOT,
         help="pipeline root for RUN:NAME models: a local folder or gs://BUCKET/ROOT "
         f"(default: {DEFAULT_PIPELINE_ROOT}/)",
@@ -309,7 +320,7 @@ def predict_command(args: argparse.Namespace) -> int:
 
     inputs = load_inputs(args.inputs, args.fit)  # bad inputs fail before TensorFlow loads
     _quiet_tensorflow_import()
-    rows = predict_files(args.model, inputs, args.top_k, args.root)
+    rows = predict_files(args.model, inputs, args.top_k, args.pipeline_root)
     if args.csv:
         predict_csv(rows, args.csv)
         print(f"wrote {len(rows)} predictions to {args.csv}")
@@ -323,14 +334,14 @@ def predict_command(args: argparse.Namespace) -> int:
 
 def inspect_command(args: argparse.Namespace) -> int:
     """``inspect``: list runs newest first, or describe one."""
-    from local_runner import inspect as ins
+    from kd import runs
 
     if args.run:
-        result: Any = ins.describe_run(args.root, args.run, pipeline_spec=args.spec)
-        text = ins.format_run(result)
+        result: Any = runs.describe_run(args.pipeline_root, args.run, pipeline_spec=args.spec)
+        text = runs.format_run(result)
     else:
-        result = ins.list_runs(args.root)
-        text = ins.format_runs(result)
+        result = runs.list_runs(args.pipeline_root)
+        text = runs.format_runs(result)
     print(json.dumps(result, indent=2, default=str) if args.json else text)
     return 0
 

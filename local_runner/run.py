@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import parameters
+from kd import runs
 from parameters import (  # noqa: F401  (re-exported: the runner's callers use these names)
     ParameterError,
     parse_value,
@@ -59,28 +60,26 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "full": {},
 }
+# The tasks of a main run that trains its teacher, in order (the gate passing).
 STAGES = (
-    "data-split",
-    "train-teacher",
-    "train-student-scratch",
-    "distill-student",
-    "evaluate",
-    "export-model",
+    runs.DATA_SPLIT,
+    runs.TRAIN_TEACHER,
+    runs.TRAIN_STUDENT_SCRATCH,
+    runs.DISTILL_STUDENT,
+    runs.EVALUATE,
+    runs.EXPORT_MODEL,
 )
-# The stages compiled with a retry policy (pipeline._heavy): kfp.local retries them, so the
-# run does not stop at their first failure.
-RETRIED_STAGES = ("train-teacher", "train-student-scratch", "distill-student")
 # With a teacher of the user's: imported and checked instead of trained.
-IMPORT_STAGES = ("importer", "check-teacher")
+IMPORT_STAGES = (runs.IMPORTER, runs.CHECK_TEACHER)
 
 
 def stage_names(params: dict[str, Any], which: str = "main") -> tuple[str, ...]:
     """The tasks a run of these parameters executes, in order (the gate passing)."""
-    teacher = IMPORT_STAGES if params.get("teacher_model") else ("train-teacher",)
+    teacher = IMPORT_STAGES if params.get("teacher_model") else (runs.TRAIN_TEACHER,)
     if which == "main":
-        return ("data-split", *teacher, *STAGES[2:])
-    distills = tuple("distill-student" for _ in params["grid"])
-    return ("data-split", *teacher, *distills, "select-best-student")
+        return (runs.DATA_SPLIT, *teacher, *STAGES[2:])
+    distills = tuple(runs.DISTILL_STUDENT for _ in params["grid"])
+    return (runs.DATA_SPLIT, *teacher, *distills, runs.SELECT_BEST_STUDENT)
 
 
 def stage_teacher(value: str, root: Path) -> str:
@@ -361,7 +360,7 @@ class _Progress:
             took = f" in {t['duration_s']:.1f} s" if "duration_s" in t else ""
             word = "done" if m.group(2) == "SUCCESS" else m.group(2)
             self._say(f"=== {m.group(1)}: {word}{took} ===")
-            if m.group(2) == "FAILURE" and m.group(1) not in RETRIED_STAGES:
+            if m.group(2) == "FAILURE" and m.group(1) not in runs.RETRIED_TASKS:
                 self._failed = m.group(1)
 
     def failed_stage(self) -> str | None:
@@ -483,9 +482,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         log_path = log_path.replace(root / "last-run.log")
     if run_dir is not None:
-        from local_runner.inspect import record_run
-
-        record_run(
+        runs.record_run(
             run_dir,
             "FAILED" if error else "SUCCEEDED",
             pipeline_spec=spec,
@@ -497,7 +494,8 @@ def run(args: argparse.Namespace) -> int:
     if error:
         raise RunnerError(
             f"the pipeline failed after {wall:.0f} s: {error}\n  log: {log_path}\n  inspect: "
-            f"python -m local_runner inspect {run_dir.name if run_dir else ''} --root {root}"
+            f"python -m local_runner inspect {run_dir.name if run_dir else ''} "
+            f"--pipeline-root {root}"
         )
     print_result(root, run_dir, wall)
     print(f"log:    {log_path}")
@@ -509,15 +507,15 @@ def print_result(root: Path, run_dir: Path | None, wall: float) -> None:
     print(f"\n[local_runner] pipeline finished in {wall:.0f} s")
     if run_dir is None:
         return
-    summary = run_dir / "evaluate" / "summary"
+    summary = run_dir / runs.EVALUATE / "summary"
     # The HTML artifact's file has no extension (KFP's UI renders it); the same page, named
     # report.html, is in the report_files artifact, so a browser opens it as a page.
-    report = run_dir / "evaluate" / "report_files" / "report.html"
+    report = run_dir / runs.EVALUATE / "report_files" / "report.html"
     if not summary.exists():  # the sweep
-        summary = run_dir / "select-best-student" / "summary"
-        report = run_dir / "select-best-student" / "heatmap"
+        summary = run_dir / runs.SELECT_BEST_STUDENT / "summary"
+        report = run_dir / runs.SELECT_BEST_STUDENT / "heatmap"
     if summary.exists():
         print(summary.read_text())
     print(f"run:    {run_dir.name}")
     print(f"report: {report} (HTML; open it in a browser)")
-    print(f"inspect: python -m local_runner inspect {run_dir.name} --root {root}")
+    print(f"inspect: python -m local_runner inspect {run_dir.name} --pipeline-root {root}")

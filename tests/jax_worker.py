@@ -9,8 +9,9 @@ import numpy as np
 from kd import train as kt
 from kd.config import DistillConfig, StudentConfig
 from kd.data import load_cifar10
-from kd.distill import kd_loss_reference, make_distiller
-from kd.train import distill_student, load_model, train_student_scratch
+from kd.distill import distill_student, kd_loss_reference, make_distiller
+from kd.model_folder import load_model
+from kd.train import train_student_scratch
 
 assert keras.backend.backend() == "jax", keras.backend.backend()
 out = sys.argv[1]

@@ -864,14 +864,14 @@ def test_invalid_hyperparameter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import kd.data
-    import kd.train
+    import kd.model_folder
 
     def must_not_run(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("data was loaded or training started despite a bad config")
 
     for mod, name in ((kd.data, "load_cifar10"), (kd.data, "load_dataset")):
         monkeypatch.setattr(mod, name, must_not_run)
-    monkeypatch.setattr(kd.train, "load_model", must_not_run)
+    monkeypatch.setattr(kd.model_folder, "load_model", must_not_run)
     with pytest.raises(ConfigError) as err:
         call(outputs, **{param: value})
     assert_clear(err.value, f"invalid {_FIELD.get(param, param)}=")
@@ -1064,13 +1064,13 @@ def test_bad_teacher_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """distill_student's component gets a bad teacher Model: refused before training starts."""
-    import kd.train
+    import kd.distill
     from components.distill_student import distill_student
 
     def must_not_train(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("training started with a bad teacher")
 
-    monkeypatch.setattr(kd.train, "fit", must_not_train)
+    monkeypatch.setattr(kd.distill, "fit", must_not_train)
     teacher = _model_folder(kind, tmp_path / "models")
     (tr, tr_meta), (va, va_meta) = datasets["train"], datasets["validation"]
     with pytest.raises(ArtifactError) as err:
@@ -1152,7 +1152,7 @@ def test_disk_full_while_saving_a_model(outputs: Outputs, monkeypatch: pytest.Mo
     """Keras writes part of the file, then the disk is full: no model.keras, no temp file."""
     import keras
 
-    from kd.train import save_outputs
+    from kd.model_folder import save_outputs
 
     def half_save(self: Any, filepath: str, *args: Any, **kwargs: Any) -> None:
         Path(filepath).write_bytes(b"PK\x03\x04 half a model")
@@ -1171,7 +1171,7 @@ def test_disk_full_inside_the_keras_writer_keeps_the_previous_model(
     outputs: Outputs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real Keras save runs and its zip writer hits ENOSPC; the previous model stays."""
-    from kd.train import save_outputs
+    from kd.model_folder import save_outputs
 
     outputs.add_previous("model.keras")
     real_writestr = zipfile.ZipFile.writestr

@@ -167,7 +167,7 @@ def test_evaluate_outputs_report_metrics_and_gate(chain):
     # The gate's KD gain is the students' on the validation split, each scored as itself.
     from kd.data import load_dataset
     from kd.evaluate import predict_logits
-    from kd.train import load_model
+    from kd.model_folder import load_model
 
     _, va, _ = chain["data"]
     xv, yv = load_dataset(va.path)
@@ -195,7 +195,12 @@ def test_export_publishes_a_serving_model(chain):
     assert (edge / "model_float32.tflite").exists() and (edge / "model_int8.tflite").exists()
     m = chain["edge_metrics"].metadata
     assert m["int8_size_bytes"] < m["float32_size_bytes"] / 3
-    assert 0.0 <= m["float32_accuracy"] <= 1.0 and "int8_accuracy_drop_points" in m
+    from kd.data import load_dataset
+    from kd.export import tflite_logits
+
+    x, y = load_dataset(chain["data"][2].path)
+    own = float(np.mean(tflite_logits(edge / "model_float32.tflite", x).argmax(1) == y))
+    assert m["float32_accuracy"] == pytest.approx(own) and "int8_accuracy_drop_points" in m
 
 
 def test_gate_reports_which_condition_failed(chain):
@@ -244,4 +249,77 @@ def test_component_parameters_match_the_configs():
     assert set(DistillConfig.__dataclass_fields__) <= set(
         inspect.signature(distill_student.python_func).parameters
     )
-    assert np.isfinite(TeacherConfig().learning_rate)
+
+
+@pytest.mark.parametrize(
+    ("name", "comp", "cls", "extra"),
+    [
+        ("teacher", train_teacher, TeacherConfig, {}),
+        ("scratch", train_student_scratch, StudentConfig, {}),
+        ("distilled", distill_student, DistillConfig, {"temperature": 2.5, "alpha": 0.7}),
+        ("cached", distill_student, DistillConfig, {"temperature": 3.0, "teacher_views": 1}),
+    ],
+)
+def test_each_training_component_trains_with_the_users_config(
+    chain, tmp_path, monkeypatch, name, comp, cls, extra
+):
+    """The config the training loop gets is the user's, field by field (not a default one),
+    and the distiller it trains weights its losses with the user's T and alpha."""
+    import kd.distill
+    import kd.train
+
+    seen: dict = {}
+    real_fit = kd.train.fit
+
+    def spy(model, train, val, cfg, *args, **kwargs):
+        seen.update(model=model, cfg=cfg)
+        return real_fit(model, train, val, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(kd.train, "fit", spy)
+    monkeypatch.setattr(kd.distill, "fit", spy)
+    user = {**TRAIN, "learning_rate": 0.013, "label_smoothing": 0.1, "seed": 7, "momentum": 0.8}
+    if cls is DistillConfig:
+        extra = {"temperature": 5.0, "alpha": 0.1, "teacher_views": 0, **extra}
+    tr, va, _ = chain["data"]
+    teacher = {"teacher": chain["models"]["teacher"]} if cls is DistillConfig else {}
+    comp.python_func(
+        train=tr,
+        validation=va,
+        **teacher,
+        **user,
+        **extra,
+        model=_art(dsl.Model, tmp_path, "model"),
+        metrics=_art(dsl.Metrics, tmp_path, "metrics"),
+    )
+    assert seen["cfg"] == cls(**user, **extra)
+    if cls is DistillConfig:
+        distiller = seen["model"]
+        assert distiller.student_loss_weight == pytest.approx(extra["alpha"])
+        assert distiller.distillation_losses[0].temperature == pytest.approx(extra["temperature"])
+
+
+def test_evaluate_scores_each_model_as_itself(chain):
+    """Each model's test accuracy and confusion matrix are its own predictions' (the two
+    students predict differently, so a swapped or repeated model shows)."""
+    from kd.data import load_dataset
+    from kd.evaluate import predict_logits
+    from kd.model_folder import load_model
+
+    _, _, te = chain["data"]
+    x, y = load_dataset(te.path)
+    ev, m = chain["eval"], chain["models"]
+    preds = {}
+    for key, model, prefix in (
+        ("teacher", "teacher", "teacher"),
+        ("student_distilled", "distilled", "distilled"),
+        ("student_scratch", "scratch", "scratch"),
+    ):
+        pred = predict_logits(load_model(m[model].path), x).argmax(1)
+        preds[key] = pred
+        accuracy = ev["metrics"].metadata[f"{key}_accuracy"]
+        assert accuracy == pytest.approx(float(np.mean(pred == y)), abs=1e-6)
+        rows = [r["row"] for r in ev[f"{prefix}_confusion"].metadata["confusionMatrix"]["rows"]]
+        expected = np.zeros((10, 10), int)
+        np.add.at(expected, (y, pred), 1)
+        np.testing.assert_array_equal(np.array(rows), expected)
+    assert (preds["student_distilled"] != preds["student_scratch"]).any()  # the test can fail

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from kd.config import (
     DistillConfig,
     EvalConfig,
+    ExportConfig,
     GateConfig,
+    ResourceConfig,
     SplitConfig,
     StudentConfig,
+    SweepConfig,
     TeacherConfig,
+    TeacherSourceConfig,
     defaults,
+    field_docs,
     from_dict,
 )
 from kd.errors import ConfigError
@@ -36,6 +43,14 @@ from kd.errors import ConfigError
         (SplitConfig, {"source": ""}, "source"),
         (EvalConfig, {"batch_size": -3}, "batch_size"),
         (GateConfig, {"min_accuracy": 2.0}, "min_accuracy"),
+        (SweepConfig, {"grid": []}, "grid"),
+        (SweepConfig, {"grid": [{"temperature": 4}]}, "grid point"),
+        (SweepConfig, {"grid": [{"temperature": 0, "alpha": 0.1}]}, "temperature"),
+        (SweepConfig, {"grid": [{"temperature": 4, "alpha": 2}]}, "alpha"),
+        (ResourceConfig, {"target": "k8s"}, "target"),
+        (ResourceConfig, {"gpus": -1}, "gpus"),
+        (ResourceConfig, {"retries": -1}, "retries"),
+        (ResourceConfig, {"train_memory": ""}, "train_memory"),
     ],
 )
 def test_invalid_values_fail_clearly(cls, kwargs, match):
@@ -56,3 +71,31 @@ def test_from_dict_refuses_unknown_fields():
     with pytest.raises(ConfigError, match="unknown DistillConfig field"):
         from_dict(DistillConfig, {"temprature": 4})
     assert from_dict(DistillConfig, {"temperature": 4}).temperature == 4
+
+
+def test_the_sweep_grid_default_is_a_fresh_list_of_nine_points():
+    grid = defaults(SweepConfig)["grid"]
+    assert grid == SweepConfig().grid and grid is not defaults(SweepConfig)["grid"]
+    assert len(grid) == 9 and {"temperature", "alpha"} == set(grid[0])
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        SplitConfig,
+        TeacherConfig,
+        StudentConfig,
+        DistillConfig,
+        TeacherSourceConfig,
+        EvalConfig,
+        GateConfig,
+        ExportConfig,
+        SweepConfig,
+        ResourceConfig,
+    ],
+)
+def test_every_field_is_documented_once_in_an_args_section(cls):
+    """The components' parameter descriptions are these docs (components.docs)."""
+    docs = field_docs(cls)
+    assert set(docs) == {f.name for f in dataclasses.fields(cls)}
+    assert all(doc and "\n" not in doc for doc in docs.values())

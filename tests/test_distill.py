@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kd.config import DistillConfig
-from kd.distill import check_compatible, kd_loss_reference, make_distiller
+from kd.distill import check_compatible, compile_distiller, kd_loss_reference, make_distiller
 from kd.errors import ArtifactError
 
 RNG = np.random.default_rng(0)
@@ -22,14 +22,15 @@ def _linear(w: np.ndarray, name: str) -> keras.Model:
     return m
 
 
-def _distiller_loss(t_logits, s_logits, y, temperature, alpha):
-    """The loss the production Distiller computes, on identity inputs (x = I) so logits are
-    exactly the weight rows."""
+def _distiller_loss(t_logits, s_logits, y, temperature, alpha, label_smoothing=0.0):
+    """The loss the production Distiller computes, built and compiled as the distillation stage
+    builds and compiles it (make_distiller, compile_distiller: its hard loss included), on
+    identity inputs (x = I) so logits are exactly the weight rows."""
     n, c = s_logits.shape
     x = np.eye(n, dtype="float32")
     teacher, student = _linear(t_logits, "teacher"), _linear(s_logits, "student")
-    d = make_distiller(teacher, student, DistillConfig(temperature=temperature, alpha=alpha))
-    d.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cfg = DistillConfig(temperature=temperature, alpha=alpha, label_smoothing=label_smoothing)
+    d = compile_distiller(make_distiller(teacher, student, cfg), keras.optimizers.SGD(0.1), cfg)
     return float(d.compute_loss(x=x, y=y, y_pred=d(x), training=False))
 
 
@@ -49,6 +50,31 @@ def test_distiller_loss_equals_reference_on_fixed_logits():
     y = RNG.integers(0, 10, 6)
     got = _distiller_loss(t, s, y, temperature=5.0, alpha=0.1)
     assert got == pytest.approx(kd_loss_reference(y, s, t, 5.0, 0.1), rel=1e-4)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_the_production_hard_loss_takes_logits_and_smooths_the_labels(label_smoothing):
+    """alpha = 1 leaves only the hard loss of compile_distiller: cross-entropy on logits (a
+    from_logits=False loss reads them as probabilities), with the config's label smoothing."""
+    s, t = RNG.normal(size=(6, 10)) * 3, RNG.normal(size=(6, 10))
+    y = RNG.integers(0, 10, 6)
+    got = _distiller_loss(t, s, y, temperature=2.0, alpha=1.0, label_smoothing=label_smoothing)
+    assert got == pytest.approx(kd_loss_reference(y, s, t, 2.0, 1.0, label_smoothing), rel=1e-5)
+    got = _distiller_loss(t, s, y, temperature=2.0, alpha=0.3, label_smoothing=label_smoothing)
+    assert got == pytest.approx(kd_loss_reference(y, s, t, 2.0, 0.3, label_smoothing), rel=1e-4)
+
+
+def test_the_supervised_stages_hard_loss_takes_logits_and_smooths_the_labels():
+    """The teacher's and the scratch student's compiled loss (kd.train.supervised_trainer)."""
+    from kd.config import StudentConfig
+    from kd.train import supervised_trainer
+
+    s = RNG.normal(size=(6, 10)) * 3
+    y = RNG.integers(0, 10, 6)
+    for eps in (0.0, 0.2):
+        _, trainer = supervised_trainer(StudentConfig(label_smoothing=eps), "student", steps=1)
+        got = float(trainer.loss(y, s.astype("float32")))
+        assert got == pytest.approx(kd_loss_reference(y, s, s, 1.0, 1.0, eps), rel=1e-5)
 
 
 def test_kl_of_equal_logits_is_zero():

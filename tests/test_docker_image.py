@@ -112,7 +112,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_imports_and_pinned_versions_without_network(image: str) -> None:
     out = _in_image(
         'python -c "import json, kd, kfp, tensorflow, keras, components.image;'
-        " import local_runner.inspect;"
+        " import kd.runs;"
         " print(json.dumps({'kfp': kfp.__version__, 'tf': tensorflow.__version__,"
         " 'keras': keras.__version__, 'image': components.image.IMAGE}))\""
     )
@@ -211,7 +211,7 @@ def _probe_pipeline(rows: int = 3):
 
 @pytest.mark.docker
 def test_kfp_local_docker_runner_runs_a_component_in_the_image(image: str, tmp_path: Path) -> None:
-    from local_runner import inspect as ins
+    from kd import runs as ins
 
     root = tmp_path / "pipeline_root"
     root.mkdir()

@@ -33,8 +33,9 @@ from kd.export import (  # noqa: E402
     saved_model_logits,
     tflite_logits,
 )
+from kd.model_folder import load_model  # noqa: E402
 from kd.predict import load_predict_model, predict, predict_files, resolve_model  # noqa: E402
-from kd.train import load_model, train_student_scratch  # noqa: E402
+from kd.train import train_student_scratch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,9 @@ def test_sizes_and_tflite_json(exported: dict) -> None:
         ):
             assert key in entry, (kind, key)
         assert 0 < entry["latency_p50_ms"] <= entry["latency_p95_ms"]
-        assert 0.0 <= entry["accuracy"] <= 1.0
+        path = out / (TFLITE_FLOAT32 if kind == "float32" else TFLITE_INT8)
+        own = float((tflite_logits(path, exported["x"]).argmax(1) == exported["y"]).mean())
+        assert entry["accuracy"] == pytest.approx(own)  # the file's own test accuracy
         assert entry["accuracy_drop_points"] == pytest.approx(
             (info["keras"]["accuracy"] - entry["accuracy"]) * 100
         )

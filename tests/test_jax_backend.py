@@ -41,7 +41,7 @@ def test_library_runs_on_jax(tmp_path):
     assert out["cached_device_and_host_training_identical"] is True
 
     from kd.data import load_cifar10
-    from kd.train import load_model
+    from kd.model_folder import load_model
 
     model = load_model(tmp_path / "distill")  # saved under JAX, loaded under TensorFlow
     x = load_cifar10("sample").x_test[:8].astype("float32")

@@ -1,23 +1,37 @@
 """Every layer agrees with the configs: pipeline signatures, components and the mapping."""
 
+import argparse
 import dataclasses
 import inspect
 
 import pytest
+from kfp.dsl.types.type_utils import is_parameter_type
 
 import parameters
+import pipeline
+import submit
+from components.check_teacher import check_teacher
+from components.data_split import data_split
 from components.distill_student import distill_student
+from components.evaluate import evaluate
+from components.export_model import export_model
 from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
 from kd.config import (
     DistillConfig,
+    EvalConfig,
+    ExportConfig,
     GateConfig,
+    ResourceConfig,
     SplitConfig,
     StudentConfig,
+    SweepConfig,
     TeacherConfig,
     TeacherSourceConfig,
     TrainConfig,
+    field_docs,
 )
+from local_runner.__main__ import build_parser
 
 TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -39,6 +53,79 @@ def test_main_pipeline_defaults_equal_the_gate_and_distill_configs():
         assert params[f.name] == getattr(GateConfig(), f.name), f.name
     assert params["temperature"] == DistillConfig().temperature
     assert params["alpha"] == DistillConfig().alpha
+    assert params["export_check_images"] == ExportConfig().check_images
+    assert params["calibration_images"] == ExportConfig().calibration_images
+
+
+def test_the_sweep_grid_default_is_the_sweep_configs():
+    assert parameters.pipeline_parameters("sweep")["grid"] == SweepConfig().grid
+
+
+def _fields(cls, *names):
+    """``{parameter: (cls, field)}`` for parameters named as their fields (default: all)."""
+    return {n: (cls, n) for n in names or [f.name for f in dataclasses.fields(cls)]}
+
+
+# Each component's parameters (its non-artifact inputs) and the config field each one is.
+COMPONENT_FIELDS = [
+    (train_teacher, _fields(TeacherConfig)),
+    (train_student_scratch, _fields(StudentConfig)),
+    (distill_student, _fields(DistillConfig)),
+    (
+        data_split,
+        {
+            **_fields(SplitConfig, "source", "val_fraction", "train_per_class", "test_per_class"),
+            "split_seed": (SplitConfig, "seed"),
+        },
+    ),
+    (evaluate, {**_fields(EvalConfig, "batch_size", "latency_runs"), **_fields(GateConfig)}),
+    (export_model, _fields(ExportConfig)),
+    (
+        check_teacher,
+        {
+            "teacher_uri": (TeacherSourceConfig, "model"),
+            "student_preset": (StudentConfig, "preset"),
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "component, fields", COMPONENT_FIELDS, ids=[c.name for c, _ in COMPONENT_FIELDS]
+)
+def test_component_descriptions_are_the_config_field_docs(component, fields):
+    """What the KFP / Vertex AI UI shows for each parameter is its config field's doc."""
+    inputs = component.component_spec.inputs
+    params = {n for n, spec in inputs.items() if is_parameter_type(spec.type)}
+    assert params == set(fields)
+    for name, (cls, field) in fields.items():
+        assert inputs[name].description == field_docs(cls)[field], name
+    # The artifact inputs keep the component's own docs.
+    assert all(inputs[n].description for n in set(inputs) - params)
+
+
+RESOURCE_OPTIONS = {"target", "accelerator", "gpus", "train_cpu", "train_memory", "retries"}
+
+
+@pytest.mark.parametrize("for_submit", [False, True], ids=["compile", "submit"])
+def test_pipeline_cli_defaults_are_the_resource_configs(for_submit):
+    """``pipeline.py compile`` and ``submit`` (the same target default) with no options."""
+    parser = argparse.ArgumentParser()
+    if for_submit:
+        submit.add_submit_arguments(parser)
+    pipeline._add_compile_options(parser, for_submit=for_submit)
+    res = pipeline._resources(parser.parse_args([]))
+    assert dataclasses.asdict(res) == dataclasses.asdict(ResourceConfig())
+    actions = {a.dest: a for a in parser._actions if a.dest in RESOURCE_OPTIONS}
+    assert set(actions) == RESOURCE_OPTIONS
+    for dest in RESOURCE_OPTIONS - {"accelerator"}:  # its help names the Vertex default
+        assert "%(default)s" in actions[dest].help, dest
+
+
+def test_local_runner_retries_default_is_the_resource_configs():
+    args = build_parser().parse_args(["run"])
+    assert args.retries == ResourceConfig().retries
+    assert args.preset is None  # None: the pipeline's default, TrainConfig.preset
 
 
 @pytest.mark.parametrize(
@@ -80,6 +167,32 @@ def test_the_mapping_carries_each_parameter_to_its_stage():
             assert got[other] == base[other], (param, other)
 
 
+@pytest.mark.parametrize(
+    "grid, names",
+    [
+        ([], ["grid=[]", "non-empty list"]),
+        ([{"temperature": 4}], ["{'temperature': 4}", "keys temperature and alpha"]),
+        (
+            [{"temperature": 4, "alpha": 0.1}, {"temperature": 0, "alpha": 0.1}],
+            ["grid point {'temperature': 0, 'alpha': 0.1}", "temperature=0"],
+        ),
+    ],
+    ids=["empty", "missing-key", "bad-temperature"],
+)
+def test_a_bad_sweep_grid_is_refused_naming_the_point_and_the_fix(grid, names):
+    with pytest.raises(parameters.ParameterError) as exc:
+        parameters.resolve({"grid": grid}, "sweep")
+    for text in [*names, "Fix: e.g. --param grid="]:
+        assert text in str(exc.value)
+
+
+def test_the_local_runner_runs_the_pipelines_pipeline_py_defines():
+    (action,) = [a for a in build_parser()._subparsers._group_actions if a.dest == "command"]
+    run = action.choices["run"]
+    (pipeline_option,) = [a for a in run._actions if a.dest == "pipeline"]
+    assert tuple(pipeline_option.choices) == pipeline.PIPELINES
+
+
 def test_unknown_names_suggest_the_closest_known_one():
     with pytest.raises(parameters.ParameterError, match="did you mean 'temperature'"):
         parameters.resolve({"tempreature": 4})
@@ -91,3 +204,17 @@ def test_a_local_teacher_is_refused_for_remote_targets(target):
         parameters.resolve({"teacher_model": "shipped"}, target=target)
     parameters.resolve({"teacher_model": "gs://b/t.keras"}, target=target)
     parameters.resolve({"teacher_model": "shipped"}, target="local")
+
+
+def test_config_args_refuses_an_undocumented_parameter_and_a_stray_rename():
+    from components.docs import config_args
+
+    def split(source: str, split_seed: int):
+        """Split."""
+
+    with pytest.raises(TypeError, match="no doc for \\['split_seed'\\]"):
+        config_args(SplitConfig)(split)
+    with pytest.raises(TypeError, match="for no parameter \\['seed_of_split'\\]"):
+        config_args(SplitConfig, rename={"split_seed": "seed", "seed_of_split": "seed"})(split)
+    documented = config_args(SplitConfig, rename={"split_seed": "seed"})(split)
+    assert f"split_seed: {field_docs(SplitConfig)['seed']}" in documented.__doc__

@@ -9,6 +9,7 @@ import yaml
 
 import pipeline
 from components.image import IMAGE
+from kd.config import DistillConfig, StudentConfig, SweepConfig, TeacherConfig, field_docs
 
 STAGES = {"data-split", "train-teacher", "train-student-scratch", "distill-student", "evaluate"}
 TRAINING = {"train-teacher", "train-student-scratch", "distill-student"}
@@ -202,3 +203,18 @@ def test_sweep_fans_out_over_the_grid_and_collects(tmp_path):
         assert res_spec["accelerator"]["resourceType"] == kind
         grid = spec["root"]["inputDefinitions"]["parameters"]["grid"]["defaultValue"]
         assert len(grid) == 9 and {"temperature", "alpha"} == set(grid[0])
+        assert grid == SweepConfig().grid
+
+
+def test_training_parameter_descriptions_are_the_config_field_docs(tmp_path):
+    """The compiled YAML carries each training parameter's doc from kd.config (the UI's)."""
+    comps = _compile(tmp_path)["components"]
+    for comp, cls in (
+        ("comp-train-teacher", TeacherConfig),
+        ("comp-train-student-scratch", StudentConfig),
+        ("comp-distill-student", DistillConfig),
+    ):
+        params = comps[comp]["inputDefinitions"]["parameters"]
+        assert {name: p.get("description") for name, p in params.items()} == field_docs(cls)
+        artifacts = comps[comp]["inputDefinitions"]["artifacts"]
+        assert all(a.get("description") for a in artifacts.values()), comp

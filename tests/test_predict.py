@@ -31,6 +31,7 @@ from kd.data import load_cifar10  # noqa: E402
 from kd.errors import ArtifactError, ConfigError, DataError  # noqa: E402
 from kd.evaluate import predict_logits, softmax  # noqa: E402
 from kd.export import export_serving, saved_model_logits  # noqa: E402
+from kd.model_folder import load_model  # noqa: E402
 from kd.predict import (  # noqa: E402
     load_images,
     load_inputs,
@@ -39,7 +40,7 @@ from kd.predict import (  # noqa: E402
     predict_files,
     resolve_model,
 )
-from kd.train import load_model, train_student_scratch  # noqa: E402
+from kd.train import train_student_scratch  # noqa: E402
 from local_runner.__main__ import main  # noqa: E402
 
 RUN_OLD = "kd-cifar10-2026-01-02-03-04-05-000001"
@@ -310,7 +311,8 @@ def test_run_specs_resolve_in_a_local_pipeline_root(
         resolve_model("teacher", str(tmp_path / "missing"))
 
     np.savez(tmp_path / "one.npz", x=trained["x"][:2])
-    rows = _cli_json([f"{RUN_NEW}:teacher", str(tmp_path / "one.npz"), "--root", root], capsys)
+    args = [f"{RUN_NEW}:teacher", str(tmp_path / "one.npz"), "--pipeline-root", root]
+    rows = _cli_json(args, capsys)
     assert rows[0]["model"] == str(new / "train-teacher" / "model" / "model.keras")
     _check_rows(rows, _probs(trained["model"], trained["x"][:2]), 3)
 
@@ -444,7 +446,7 @@ def test_cli_errors_are_one_line_and_exit_2(
             "error: invalid top_k=11",
         ),
         (
-            ["teacher", str(tmp_path / "ok.png"), "--root", str(tmp_path / "no_runs")],
+            ["teacher", str(tmp_path / "ok.png"), "--pipeline-root", str(tmp_path / "no_runs")],
             "error: cannot find model latest:teacher under pipeline root",
         ),
         (

@@ -74,7 +74,13 @@ def test_select_best_copies_the_chosen_model_and_reports(tmp_path):
         dirs, (str(test), content_sha256(x, y)), str(tmp_path / "best"), str(tmp_path / "report")
     )
     assert out["chosen"]["temperature"] == 5.0
-    assert 0.0 <= out["test_accuracy"] <= 1.0
+    from kd.evaluate import predict_logits
+    from kd.model_folder import load_model
+
+    chosen = load_model(tmp_path / "best")
+    assert out["test_accuracy"] == pytest.approx(
+        float(np.mean(predict_logits(chosen, x).argmax(1) == y))
+    )
     assert (tmp_path / "best" / "model.keras").exists()
     html = (tmp_path / "report" / "sweep.html").read_text()
     assert "data:image/png;base64" in html and "not used to choose" in html

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -18,6 +19,7 @@ import pytest
 
 from kd.config import StudentConfig
 from kd.errors import ArtifactError, ConfigError, DivergenceError
+from kd.model_folder import load_model
 from kd.train import (
     AUGMENT_KEY,
     IMAGE_KEY,
@@ -26,7 +28,6 @@ from kd.train import (
     crop_flip,
     draw_augmentation,
     identity_augmentation,
-    load_model,
     train_student_scratch,
     training_model,
 )
@@ -175,6 +176,24 @@ def test_divergence_is_detected_with_a_clear_error(tmp_path):
     assert not (tmp_path / "out" / "model.keras").exists()
 
 
+def test_validation_accuracy_at_chance_stops_the_run_from_the_check_epoch_on(tmp_path):
+    """The second divergence rule: a finite loss, but validation accuracy at chance. Training
+    sees classes 1-9 only and validation is all class 0, so validation accuracy stays ~0."""
+    x, _ = _data(100)
+    y = 1 + np.arange(100) % 9
+    val = (x[:50], np.zeros(50, int))
+    cfg = StudentConfig(epochs=2, batch_size=25, divergence_check_epoch=2, augment=False)
+    with pytest.raises(DivergenceError, match=r"validation accuracy 0\.\d+ is at chance") as err:
+        train_student_scratch((x, y), val, cfg, tmp_path / "on")
+    assert "after 2 epochs" in str(err.value) and "Fix:" in str(err.value)
+    assert not (tmp_path / "on" / "model.keras").exists()
+    # The rule switched off, the same run finishes: it was the rule that stopped it.
+    off = train_student_scratch(
+        (x, y), val, replace(cfg, divergence_check_epoch=0), tmp_path / "off"
+    )
+    assert off.history["val_accuracy"][-1] <= 0.12 and np.isfinite(off.history["loss"]).all()
+
+
 def test_outputs_and_history(tmp_path):
     x, y = _data(100)
     cfg = StudentConfig(epochs=2, batch_size=50, divergence_check_epoch=0)
@@ -312,8 +331,8 @@ def test_distilled_teacher_and_student_see_the_same_augmented_images(tmp_path):
     move it: the soft loss is zero exactly when both see the same crop and flip of each image
     (the augmentation runs inside each model's CropFlip, from the same offsets)."""
     from kd.config import DistillConfig
+    from kd.distill import distill_student
     from kd.models import build_model
-    from kd.train import distill_student
 
     x, y = _data(64)
     cfg = DistillConfig(

@@ -13,7 +13,9 @@ import sys
 
 from kd.config import DistillConfig, StudentConfig, TeacherConfig
 from kd.data import load_cifar10
-from kd.train import distill_student, load_model, train_student_scratch, train_teacher
+from kd.distill import distill_student
+from kd.model_folder import load_model
+from kd.train import train_student_scratch, train_teacher
 
 EPOCHS = 4
 

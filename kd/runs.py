@@ -42,18 +42,17 @@ creation times (tasks may run in parallel there: a task "starts" when its first 
 written); the authoritative status of a Vertex AI job is in Vertex AI, not in the bucket.
 
 Use :func:`list_runs` / :func:`describe_run` (JSON-friendly dicts) and :func:`format_runs` /
-:func:`format_run` (text). Run as ``python -m local_runner.inspect ROOT [RUN] [--json]`` (not as a
-script path: the file name would shadow the standard library's ``inspect``).
+:func:`format_run` (text); ``python -m local_runner inspect`` is the command line over them.
+The pipeline's task names, which a run's folders are named after, are defined here once
+(:data:`TASKS`); the pipeline's compile test checks them against the compiled spec.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +60,32 @@ from typing import Any
 
 from kd.errors import DataError
 from kd.storage import gcs_client, is_gcs, split_gcs, write_text_atomic
+
+# The pipeline's tasks, as KFP names them after the component functions (``train_teacher`` ->
+# ``train-teacher``); ``importer`` is the dsl.importer that brings a teacher of the user's in.
+DATA_SPLIT = "data-split"
+TRAIN_TEACHER = "train-teacher"
+IMPORTER = "importer"
+CHECK_TEACHER = "check-teacher"
+TRAIN_STUDENT_SCRATCH = "train-student-scratch"
+DISTILL_STUDENT = "distill-student"
+EVALUATE = "evaluate"
+EXPORT_MODEL = "export-model"
+SELECT_BEST_STUDENT = "select-best-student"
+TASKS = (
+    DATA_SPLIT,
+    TRAIN_TEACHER,
+    IMPORTER,
+    CHECK_TEACHER,
+    TRAIN_STUDENT_SCRATCH,
+    DISTILL_STUDENT,
+    EVALUATE,
+    EXPORT_MODEL,
+    SELECT_BEST_STUDENT,
+)
+#: The training tasks, compiled with a retry policy (``pipeline._heavy``): a failed attempt
+#: resumes from its last epoch, so a local run does not stop at their first failure.
+RETRIED_TASKS = (TRAIN_TEACHER, TRAIN_STUDENT_SCRATCH, DISTILL_STUDENT)
 
 EXECUTOR_OUTPUT = "executor_output.json"
 RUN_RECORD = "kd_run.json"
@@ -1078,32 +1103,3 @@ def format_run(run: dict[str, Any]) -> str:
     if run["notes"]:
         lines += ["", "Notes", *(f"  - {n}" for n in run["notes"])]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m local_runner.inspect ROOT [RUN] [--json] [--spec pipeline.yaml]``."""
-    p = argparse.ArgumentParser(
-        prog="python -m local_runner.inspect",
-        description="List the runs in a pipeline root, or describe one run.",
-    )
-    p.add_argument("pipeline_root", help="local folder or gs://BUCKET/PATH")
-    p.add_argument("run", nargs="?", help="run id (or a unique prefix, or 'latest')")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--spec", help="compiled pipeline YAML, for exact artifact types")
-    args = p.parse_args(argv)
-    try:
-        if args.run:
-            result: Any = describe_run(args.pipeline_root, args.run, pipeline_spec=args.spec)
-            text = format_run(result)
-        else:
-            result = list_runs(args.pipeline_root)
-            text = format_runs(result)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""local_runner.inspect against real layouts: a kfp.local run and a gs:// root in the emulator.
+"""kd.runs against real layouts: a kfp.local run and a gs:// root in the emulator.
 
 The local layout comes from actually running a small pipeline with kfp.local's SubprocessRunner
 (about a second); the gs:// layout is that run (and a Vertex-AI-shaped one) uploaded to the
@@ -20,7 +20,7 @@ _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:  # local_runner/ is not an installed package
     sys.path.insert(0, _REPO)
 
-from local_runner import inspect as ins  # noqa: E402
+from kd import runs as ins  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # A toy pipeline with every artifact type the real pipeline writes.
@@ -284,11 +284,14 @@ def test_run_selection_and_errors(toy: dict, tmp_path: Path) -> None:
 
 
 def test_cli_json_and_errors(toy: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    assert ins.main([str(toy["root"]), "--json"]) == 0
+    from local_runner.__main__ import main
+
+    root = ["--pipeline-root", str(toy["root"])]
+    assert main(["inspect", *root, "--json"]) == 0
     assert [r["run_id"] for r in json.loads(capsys.readouterr().out)] == [toy["failed"], toy["ok"]]
-    assert ins.main([str(toy["root"]), toy["ok"]]) == 0
+    assert main(["inspect", toy["ok"], *root]) == 0
     assert "Metrics" in capsys.readouterr().out
-    assert ins.main([str(toy["root"]), "nope"]) == 2
+    assert main(["inspect", "nope", *root]) == 2
     assert "Known runs" in capsys.readouterr().err
 
 
@@ -379,3 +382,50 @@ def test_gcs_errors(gcs_emulator) -> None:
     )
     with pytest.raises(ins.RunNotFoundError, match="Known runs.*run-a"):
         ins.describe_run("gs://kd-test/pr", "run-b")
+
+
+# ---------------------------------------------------------------------------------------------
+# The task names, defined once in kd.runs, against the compiled pipelines
+# ---------------------------------------------------------------------------------------------
+
+
+def _leaf_tasks(spec: dict) -> dict[str, dict]:
+    """Every task that runs a component (not a condition or loop), at any depth."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {
+        name: task
+        for dag in dags
+        for name, task in dag["tasks"].items()
+        if "executorLabel" in spec["components"][task["componentRef"]["name"]]
+    }
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    import yaml
+
+    import pipeline
+
+    out = tmp_path_factory.mktemp("compiled")
+    return {
+        which: yaml.safe_load(
+            pipeline.compile_pipeline(out / f"{which}.yaml", which=which).read_text()
+        )
+        for which in ("main", "sweep")
+    }
+
+
+def test_the_compiled_pipelines_have_exactly_the_task_names_kd_runs_defines(compiled) -> None:
+    names = {n for spec in compiled.values() for n in _leaf_tasks(spec)}
+    assert names == set(ins.TASKS)
+    main = set(_leaf_tasks(compiled["main"]))
+    from local_runner.run import IMPORT_STAGES, STAGES
+
+    assert set(STAGES) | set(IMPORT_STAGES) == main  # the runner's progress counts these
+
+
+def test_exactly_the_training_tasks_have_a_retry_policy(compiled) -> None:
+    """The local runner lets kfp.local retry these (it stops early only at the others)."""
+    for spec in compiled.values():
+        retried = {n for n, t in _leaf_tasks(spec).items() if t.get("retryPolicy")}
+        assert retried == set(ins.RETRIED_TASKS) & set(_leaf_tasks(spec))
