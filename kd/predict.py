@@ -59,6 +59,8 @@ MODEL_FILE = "model.keras"
 MODEL_SUFFIXES = (".keras", ".tflite")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FITS = ("crop", "stretch")
+DEFAULT_FIT = FITS[0]  # non-square images: the centre square
+TOP_K = 3  # classes listed per image
 SIZE = IMAGE_SHAPE[0]
 
 
@@ -319,7 +321,7 @@ def _fit(img: Any, fit: str) -> Any:
     return img.resize((SIZE, SIZE), method)
 
 
-def decode_image(path: str | Path, fit: str = "crop") -> np.ndarray:
+def decode_image(path: str | Path, fit: str = DEFAULT_FIT) -> np.ndarray:
     """One image file -> uint8 (32, 32, 3) RGB.
 
     Args:
@@ -392,7 +394,7 @@ def _npz_inputs(path: Path) -> Inputs:
     return Inputs(x, [f"{path}[{i}]" for i in range(len(x))], labels)
 
 
-def load_inputs(inputs: Sequence[str | Path], fit: str = "crop") -> Inputs:
+def load_inputs(inputs: Sequence[str | Path], fit: str = DEFAULT_FIT) -> Inputs:
     """Decode image files, folders of images (sorted by name, non-recursive, files with an
     image suffix only) and ``.npz`` arrays, in the order given.
 
@@ -446,7 +448,9 @@ def load_inputs(inputs: Sequence[str | Path], fit: str = "crop") -> Inputs:
     return Inputs(np.concatenate(xs).astype(np.uint8, copy=False), names, labels)
 
 
-def load_images(inputs: Sequence[str | Path], fit: str = "crop") -> tuple[np.ndarray, list[str]]:
+def load_images(
+    inputs: Sequence[str | Path], fit: str = DEFAULT_FIT
+) -> tuple[np.ndarray, list[str]]:
     """Images as the models take them: ``(uint8 (N, 32, 32, 3) RGB, names)``.
 
     See :func:`load_inputs` (which also returns the labels of ``.npz`` inputs).
@@ -463,7 +467,7 @@ def load_images(inputs: Sequence[str | Path], fit: str = "crop") -> tuple[np.nda
 def predict(
     model: Any,
     x: np.ndarray,
-    top_k: int = 3,
+    top_k: int = TOP_K,
     class_names: Sequence[str] = CLASS_NAMES,
 ) -> list[dict[str, Any]]:
     """Top-k classes of each image.
@@ -509,10 +513,10 @@ def predict(
 def predict_files(
     model_spec: str,
     inputs: Sequence[str | Path] | Inputs,
-    top_k: int = 3,
+    top_k: int = TOP_K,
     root: str = "runs",
     *,
-    fit: str = "crop",
+    fit: str = DEFAULT_FIT,
     class_names: Sequence[str] = CLASS_NAMES,
 ) -> list[dict[str, Any]]:
     """Resolve a model, decode the inputs and predict: what the ``predict`` command runs.

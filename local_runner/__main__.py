@@ -56,24 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--pipeline",
         choices=PIPELINES,
-        default="main",
+        default=PIPELINES[0],
         help="main: teacher, students, evaluation, gate, export; sweep: distillation over the "
         f"temperature x alpha grid (--param grid=JSON; demo: T in {demo_axis('temperature')} "
-        f"x alpha in {demo_axis('alpha')}) (default: main)",
+        f"x alpha in {demo_axis('alpha')}) (default: %(default)s)",
     )
     r.add_argument(
         "--runner",
         choices=("docker", "subprocess"),
         default="docker",
         help="docker: each stage in its own container, networking off; subprocess: "
-        "in this Python environment, no Docker (default: docker)",
+        "in this Python environment, no Docker (default: %(default)s)",
     )
     r.add_argument(
         "--profile",
         choices=sorted(PROFILES),
         default="demo",
         help="demo: the shipped sample, a few minutes on 2 CPU cores; full: the "
-        "pipeline defaults, for a GPU machine (default: demo)",
+        "pipeline defaults, for a GPU machine (default: %(default)s)",
     )
     r.add_argument(
         "--data",
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--json", action="store_true", help="print JSON (default: text)")
 
+    from kd.predict import DEFAULT_FIT, FITS, TOP_K  # numpy only, no TensorFlow
+
     p = sub.add_parser(
         "predict",
         help="classify images with a trained model",
@@ -224,13 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_PIPELINE_ROOT}/)",
     )
     p.add_argument(
-        "--top-k", type=int, default=3, help="classes listed per image, 1-10 (default: 3)"
+        "--top-k",
+        type=int,
+        default=TOP_K,
+        help="classes listed per image, 1-10 (default: %(default)s)",
     )
     p.add_argument(
         "--fit",
-        choices=("crop", "stretch"),
-        default="crop",
-        help="non-square images: crop the centre square, or stretch (default: crop)",
+        choices=FITS,
+        default=DEFAULT_FIT,
+        help="non-square images: crop the centre square, or stretch (default: %(default)s)",
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON list (default: a table)")
