@@ -37,6 +37,7 @@ def distill_student(
     early_stopping_patience: int,
     divergence_check_epoch: int,
     seed: int,
+    jit_compile: bool,
     temperature: float,
     alpha: float,
     teacher_views: int,

@@ -35,6 +35,7 @@ def train_student_scratch(
     early_stopping_patience: int,
     divergence_check_epoch: int,
     seed: int,
+    jit_compile: bool,
     model: Output[Model],
     metrics: Output[Metrics],
 ):

@@ -137,6 +137,11 @@ class TrainConfig:
         divergence_check_epoch: from this epoch on (1-based), validation accuracy at chance
             (<= 1/num_classes + 0.02) raises DivergenceError (0 = off).
         seed: seed of weight initialisation, data order, augmentation and dropout.
+        jit_compile: on TensorFlow, compile the training step with XLA
+            (``keras.Model.compile(jit_compile=True)``; Keras' default leaves it off there).
+            On 2 CPU cores the ``fast`` teacher's step took 3.85 s instead of 7.1 s; the seed
+            student's demo-scale epoch 3.4-4.3 s instead of 4.0-5.0 s, after a one-off
+            compile of 5-6 s. On JAX every step is compiled whatever this says.
     """
 
     preset: str = "seed"
@@ -155,6 +160,7 @@ class TrainConfig:
     early_stopping_patience: int = 0
     divergence_check_epoch: int = 3
     seed: int = 42
+    jit_compile: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("preset", self.preset, PRESETS)
@@ -175,6 +181,8 @@ class TrainConfig:
             _fail("augment", self.augment, "must be true or false")
         if not isinstance(self.mixed_precision, bool):
             _fail("mixed_precision", self.mixed_precision, "must be true or false")
+        if not isinstance(self.jit_compile, bool):
+            _fail("jit_compile", self.jit_compile, "must be true or false")
 
 
 @dataclass(frozen=True)
@@ -214,7 +222,8 @@ def shipped_teacher_config() -> TeacherConfig:
     trains it on the official training images: 45,000 train, 5,000 validation).
 
     The ``fast`` preset with airbench's label smoothing 0.2, Nesterov SGD at batch 512 (peak lr
-    0.2, 2 warm-up epochs, cosine to 0), crop + flip, 12 epochs: about 80 min on 2 CPU cores.
+    0.2, 2 warm-up epochs, cosine to 0), crop + flip, 12 epochs, the step compiled with XLA:
+    about 80 min on 2 CPU cores.
     """
     return TeacherConfig(
         preset="fast",
@@ -225,6 +234,7 @@ def shipped_teacher_config() -> TeacherConfig:
         warmup_epochs=2,
         label_smoothing=0.2,
         seed=0,
+        jit_compile=True,
     )
 
 

@@ -62,6 +62,7 @@ from kd.train import (
     steps_per_epoch,
     training_model,
     validate_split,
+    xla,
 )
 
 
@@ -145,11 +146,13 @@ def make_distiller(teacher: Any, student: Any, cfg: DistillConfig) -> Any:
 
 
 def compile_distiller(distiller: Any, optimizer: Any, cfg: DistillConfig) -> Any:
-    """Compile with the hard loss on logits and the student's accuracy as the metric."""
+    """Compile with the hard loss on logits and the student's accuracy as the metric (the
+    step compiled with XLA when ``cfg.jit_compile``, :func:`kd.train.xla`)."""
     distiller.compile(
         optimizer=optimizer,
         loss=hard_loss(cfg.label_smoothing),
         metrics=["accuracy"],
+        jit_compile=xla(cfg),
     )
     return distiller
 

@@ -749,20 +749,23 @@ def data_fingerprint(train: tuple[np.ndarray, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def xla(cfg: TrainConfig) -> bool | str:
+    """``keras.Model.compile``'s ``jit_compile`` for ``cfg``: its ``jit_compile`` on
+    TensorFlow; Keras' ``"auto"`` elsewhere (JAX compiles every step; False would run it
+    eagerly)."""
+    return cfg.jit_compile if keras.backend.backend() == "tensorflow" else "auto"
+
+
 def supervised_trainer(
     cfg: TrainConfig,
     role: str,
     steps: int,
     images: np.ndarray | None = None,
-    jit_compile: bool | str = "auto",
 ) -> tuple[Any, Any]:
     """The ``role`` model of ``cfg.preset`` and its compiled :func:`training_model` (hard-label
     loss, the config's optimizer and schedule over ``steps`` steps per epoch). A model with a
     patch-whitening layer (the ``fast`` teacher) has it fitted to ``images``, the training
-    images (:func:`kd.models.fit_whitening`). ``jit_compile`` goes to ``keras.Model.compile``
-    (``"auto"`` is Keras' default, which leaves XLA off on TensorFlow here; True compiles the
-    step with XLA: on 2 CPU cores the ``fast`` teacher's ``fit`` step took 3.85 s instead of
-    7.1 s, see docs/RESULTS.md)."""
+    images (:func:`kd.models.fit_whitening`). ``cfg.jit_compile`` compiles the step with XLA."""
     model = build_model(cfg.preset, role, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     if images is not None:
         fit_whitening(model, images)
@@ -772,7 +775,7 @@ def supervised_trainer(
         optimizer=make_optimizer(cfg, steps),
         loss=hard_loss(cfg.label_smoothing),
         metrics=["accuracy"],
-        jit_compile=jit_compile,
+        jit_compile=xla(cfg),
     )
     return model, trainer
 
@@ -786,18 +789,16 @@ def train_supervised(
     role: str,
     stage: str,
     log: Log = print,
-    jit_compile: bool | str = "auto",
 ) -> TrainResult:
     """Train the ``role`` model of ``cfg.preset`` on hard labels (teacher or scratch student).
 
     Loss: cross-entropy of the labels against the logits (label-smoothed if configured).
-    ``jit_compile``: see :func:`supervised_trainer`.
     """
     validate_split("train", *train)
     validate_split("validation", *val)
     out = Path(out_dir)
     steps = steps_per_epoch(len(train[0]), cfg.batch_size)
-    model, trainer = supervised_trainer(cfg, role, steps, images=train[0], jit_compile=jit_compile)
+    model, trainer = supervised_trainer(cfg, role, steps, images=train[0])
     history = fit(
         trainer,
         train,
@@ -817,18 +818,10 @@ def train_teacher(
     cfg: TeacherConfig,
     out_dir: str | Path,
     log: Log = print,
-    jit_compile: bool | str = "auto",
 ) -> TrainResult:
     """Train the teacher of ``cfg.preset``; writes ``model.keras`` etc. into ``out_dir``."""
     return train_supervised(
-        train,
-        val,
-        cfg,
-        out_dir,
-        role="teacher",
-        stage="train_teacher",
-        log=log,
-        jit_compile=jit_compile,
+        train, val, cfg, out_dir, role="teacher", stage="train_teacher", log=log
     )
 
 

@@ -33,6 +33,7 @@ TRAIN = dict(
     early_stopping_patience=0,
     divergence_check_epoch=0,
     seed=1,
+    jit_compile=False,
 )
 
 

@@ -347,3 +347,19 @@ def test_distilled_teacher_and_student_see_the_same_augmented_images(tmp_path):
     from kd.distill import kd_loss_reference
 
     assert kd_loss_reference(y, a, b, cfg.temperature, 0.0) > 1e-3
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_the_configs_jit_compile_reaches_keras_for_every_training_stage(flag):
+    """XLA on TensorFlow exactly when the config says so, for the supervised trainer and the
+    distiller (the step they compile is what fit runs)."""
+    from kd.config import DistillConfig
+    from kd.distill import distill_trainer
+    from kd.models import build_model
+    from kd.train import supervised_trainer
+
+    _, trainer = supervised_trainer(StudentConfig(jit_compile=flag), "student", steps=1)
+    assert trainer.jit_compile is flag
+    teacher = build_model("seed", "student", seed=3)
+    _, distiller = distill_trainer(teacher, DistillConfig(jit_compile=flag), steps=1)
+    assert distiller.jit_compile is flag
