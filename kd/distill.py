@@ -231,6 +231,8 @@ def cache_teacher_views(
 
 
 def weights_fingerprint(model: Any) -> str:
+    """sha256 of every weight array of ``model`` (with its shape): part of a distillation
+    checkpoint's fingerprint, so a resume with another teacher starts afresh."""
     h = hashlib.sha256()
     for w in model.get_weights():
         h.update(str(w.shape).encode())

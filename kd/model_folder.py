@@ -4,7 +4,8 @@ A stage's ``Model`` artifact is a folder holding ``model.keras`` (the model, pre
 included, no optimizer state), ``history.json`` (per-epoch metrics) and ``info.json`` (preset,
 role, parameters, best validation accuracy, config; see :func:`kd.train.finish_stage`). This
 module reads and writes that layout without the training code, so export, predict, evaluate
-and the sweep load models without importing :mod:`kd.train`.
+and the sweep load models without importing :mod:`kd.train`; Keras is imported only to save or
+load, so the file names are importable without TensorFlow (the command line uses them).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-
-import keras
 
 from kd.errors import ArtifactError
 from kd.storage import atomic_path, write_text_atomic
@@ -27,6 +26,8 @@ def save_outputs(
     model: Any, out_dir: str | Path, history: dict[str, Any], info: dict[str, Any]
 ) -> Path:
     """Write ``model.keras``, ``history.json`` and ``info.json`` atomically into ``out_dir``."""
+    import keras
+
     out = Path(out_dir)
     # A clean copy: architecture and weights, no optimizer state or training config. Not
     # keras.models.clone_model: it compiles the clone when the model was compiled, and the
@@ -61,6 +62,8 @@ def load_model(path: str | Path) -> Any:
         )
     try:
         import zipfile
+
+        import keras
 
         if not zipfile.is_zipfile(p):
             raise ValueError("not a .keras archive (zip)")

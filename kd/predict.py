@@ -44,6 +44,7 @@ import numpy as np
 from kd import runs
 from kd.config import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
 from kd.errors import ArtifactError, ConfigError, DataError
+from kd.model_folder import MODEL_FILE
 from kd.storage import gcs_client, gcs_download, is_gcs, split_gcs
 
 #: Model names a run spec accepts, and the (tasks, output) that holds each in a pipeline run:
@@ -55,7 +56,6 @@ MODEL_ARTIFACTS: dict[str, tuple[tuple[str, ...], str]] = {
     "blessed": ((runs.EXPORT_MODEL,), "blessed"),
 }
 MODEL_NAMES = tuple(MODEL_ARTIFACTS)
-MODEL_FILE = "model.keras"
 MODEL_SUFFIXES = (".keras", ".tflite")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FITS = ("crop", "stretch")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from kd.errors import ArtifactError
+from kd.model_folder import INFO_FILE
 from kd.storage import atomic_path, write_text_atomic
 
 
@@ -28,9 +29,9 @@ def read_candidates(model_dirs: list[str]) -> list[dict[str, Any]]:
     """``info.json`` of each distilled student: its T, alpha and best validation accuracy."""
     out = []
     for d in model_dirs:
-        info_path = Path(d) / "info.json"
+        info_path = Path(d) / INFO_FILE
         if not info_path.exists():
-            raise ArtifactError(f"{d} has no info.json. Fix: pass Models from distill_student")
+            raise ArtifactError(f"{d} has no {INFO_FILE}. Fix: pass Models from distill_student")
         info = json.loads(info_path.read_text())
         cfg = info.get("config", {})
         if "temperature" not in cfg or info.get("best_val_accuracy") is None:

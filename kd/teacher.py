@@ -64,7 +64,9 @@ def model_file(path: str | Path) -> Path:
 def _provenance(path: Path) -> dict[str, Any]:
     """What was written down about a teacher file: the ``info.json`` of its Model folder, or
     the ``NAME.json`` beside ``NAME.keras`` (the shipped teacher's provenance)."""
-    for candidate in (path.parent / "info.json", path.with_suffix(PROVENANCE_SUFFIX)):
+    from kd.model_folder import INFO_FILE
+
+    for candidate in (path.parent / INFO_FILE, path.with_suffix(PROVENANCE_SUFFIX)):
         if candidate.is_file():
             try:
                 data = json.loads(candidate.read_text())

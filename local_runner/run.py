@@ -92,6 +92,7 @@ def stage_teacher(value: str, root: Path) -> str:
     """
     if not value:
         return ""
+    from kd.model_folder import INFO_FILE
     from kd.stages import copy_file
     from kd.storage import gcs_download, is_gcs
     from kd.teacher import SHIPPED, model_file, sha256_file, shipped_teacher_path
@@ -120,7 +121,7 @@ def stage_teacher(value: str, root: Path) -> str:
     target = dest / file.name
     if not target.exists():
         dest.mkdir(parents=True, exist_ok=True)
-        for extra in (file.with_suffix(".json"), file.parent / "info.json"):
+        for extra in (file.with_suffix(".json"), file.parent / INFO_FILE):
             if extra.is_file() and extra != file:
                 copy_file(extra, dest / extra.name)
         copy_file(file, target)
