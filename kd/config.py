@@ -139,9 +139,9 @@ class TrainConfig:
         seed: seed of weight initialisation, data order, augmentation and dropout.
         jit_compile: on TensorFlow, compile the training step with XLA
             (``keras.Model.compile(jit_compile=True)``; Keras' default leaves it off there).
-            On 2 CPU cores the ``fast`` teacher's step took 3.85 s instead of 7.1 s; the seed
-            student's demo-scale epoch 3.4-4.3 s instead of 4.0-5.0 s, after a one-off
-            compile of 5-6 s. On JAX every step is compiled whatever this says.
+            On 2 CPU cores the ``fast`` teacher's step took 3.85 s instead of 7.1 s (see
+            docs/RESULTS.md); for the seed student it is not measured by a benchmark. On JAX
+            every step is compiled whatever this says.
     """
 
     preset: str = "seed"
