@@ -18,8 +18,9 @@ Presets:
   Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024): a frozen 2x2
   patch-whitening convolution fitted to the training images (:func:`fit_whitening`), then
   three conv groups of widths 64/256/256 (conv, max-pool, BatchNorm, GELU, conv, BatchNorm,
-  GELU), global max-pool, 10 logits: 1,975,344 parameters, about 0.12 GMAC per image (the
-  seed teacher: 0.16 GMAC). Its student is the seed student, so the shipped teacher
+  GELU; the BatchNorms without scale), global max-pool, bias-free logits times 1/9: 1,971,328
+  trainable parameters, about 0.12 GMAC per image (the seed teacher: 0.16 GMAC). :func:`flip_tta`
+  wraps a trained model with flip test-time augmentation (the shipped teacher has it). Its student is the seed student, so the shipped teacher
   (``kd/teachers/``) teaches the demo's student.
 
 Add a preset by writing two builders and registering them in :data:`BUILDERS`
@@ -94,13 +95,20 @@ def seed_student() -> Any:
 
 
 def fast_teacher() -> Any:
-    """The ``fast`` teacher (airbench-style, 1,975,344 parameters of which 312 frozen).
+    """The ``fast`` teacher (airbench-style, 1,971,328 trainable parameters).
 
     The ``whiten`` layer's 24 filters are placeholders until :func:`fit_whitening` sets them
-    from the training images; the layer is frozen (airbench freezes its weights too).
+    from the training images; the layer is frozen (airbench freezes its weights too). As in
+    airbench, the BatchNorms have no scale (only a shift: a following GELU sees a unit-variance
+    input), and the logits are a bias-free linear map of the pooled features times 1/9: that
+    factor divides the head's effective learning rate by 81, which is what lets the rest of
+    the net train at airbench's high learning rate (:func:`kd.config.shipped_teacher_config`).
     """
     import keras
     from keras import layers
+
+    def bn(name: str) -> Any:
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, scale=False, name=name)
 
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = _preprocess(inputs)
@@ -109,13 +117,38 @@ def fast_teacher() -> Any:
     for i, filters in enumerate((64, 256, 256), start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"g{i}_conv1")(x)
         x = layers.MaxPooling2D(2, name=f"g{i}_pool")(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"g{i}_bn1")(x)
+        x = bn(f"g{i}_bn1")(x)
         x = layers.Activation("gelu", name=f"g{i}_act1")(x)
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"g{i}_conv2")(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"g{i}_bn2")(x)
+        x = bn(f"g{i}_bn2")(x)
         x = layers.Activation("gelu", name=f"g{i}_act2")(x)
     x = layers.GlobalMaxPooling2D(name="gmp")(x)
-    return keras.Model(inputs, _head(x), name="fast_teacher")
+    x = layers.Dense(NUM_CLASSES, use_bias=False, dtype="float32", name="fc")(x)
+    logits = layers.Rescaling(1 / 9, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, logits, name="fast_teacher")
+
+
+def flip_tta(model: Any) -> Any:
+    """``model`` with flip test-time augmentation: logits = (f(x) + f(mirror(x))) / 2.
+
+    ``mirror`` reverses the image's columns. It is written with built-in layers only (a
+    Permute, a frozen 32x32 anti-identity Dense over the width axis, a Permute back; exact on
+    0-255 values) so that the wrapped model still loads with ``safe_mode=True`` and without
+    this package; Keras has no deterministic flip layer (``RandomFlip`` is the identity at
+    inference). Doubles the inference cost; the training graph is untouched.
+    """
+    import keras
+    import numpy as np
+    from keras import layers
+
+    h, w, _ = IMAGE_SHAPE
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    cols = layers.Permute((1, 3, 2), name="to_columns")(inputs)  # B, H, C, W
+    mirror_cols = layers.Dense(w, use_bias=False, trainable=False, name="mirror")
+    mirrored = layers.Permute((1, 3, 2), name="from_columns")(mirror_cols(cols))
+    mirror_cols.set_weights([np.eye(w, dtype="float32")[::-1].copy()])
+    avg = layers.Average(name="logits")([model(inputs), model(mirrored)])
+    return keras.Model(inputs, avg, name=f"{model.name}_flip_tta")
 
 
 WHITEN_LAYER = "whiten"
