@@ -18,10 +18,11 @@ Presets:
   Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024): a frozen 2x2
   patch-whitening convolution fitted to the training images (:func:`fit_whitening`), then
   three conv groups of widths 64/256/256 (conv, max-pool, BatchNorm, GELU, conv, BatchNorm,
-  GELU; the BatchNorms without scale), global max-pool, bias-free logits times 1/9: 1,971,328
-  trainable parameters, about 0.12 GMAC per image (the seed teacher: 0.16 GMAC). :func:`flip_tta`
-  wraps a trained model with flip test-time augmentation (the shipped teacher has it). Its student is the seed student, so the shipped teacher
-  (``kd/teachers/``) teaches the demo's student.
+  GELU; the BatchNorms without scale), global max-pool, bias-free logits times 1/9:
+  1,971,328 trainable parameters, about 0.12 GMAC per image (the seed teacher: 0.16 GMAC).
+  :func:`flip_tta` wraps a trained model with flip test-time augmentation (the shipped teacher
+  has it). Its student is the seed student, so the shipped teacher (``kd/teachers/``) teaches
+  the demo's student.
 
 Add a preset by writing two builders and registering them in :data:`BUILDERS`
 (and its name in :data:`kd.config.PRESETS`).

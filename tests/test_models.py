@@ -44,3 +44,27 @@ def test_same_builder_and_seed_give_identical_students():
 def test_unknown_preset_is_refused():
     with pytest.raises(ConfigError, match="unknown preset"):
         build_model("vgg", "teacher")
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(tmp_path):
+    import keras
+
+    from kd.models import flip_tta
+
+    model = build_model("fast", "teacher", seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    x[0] = x[0, :, ::-1]  # one image whose mirror differs from itself in a known way
+    want = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+    wrapped = flip_tta(model)
+    np.testing.assert_allclose(wrapped.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+    # A mirror-symmetric prediction: the wrapped model gives an image and its mirror the
+    # same logits (the plain model does not).
+    np.testing.assert_allclose(
+        wrapped.predict(x[:, :, ::-1], verbose=0), wrapped.predict(x, verbose=0), atol=1e-5
+    )
+    # Built from built-in layers only: it saves and loads with safe_mode, weights frozen.
+    path = tmp_path / "tta.keras"
+    wrapped.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+    assert count_params(loaded)["trainable"] == count_params(model)["trainable"]
