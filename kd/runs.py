@@ -53,6 +53,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -836,8 +837,8 @@ def describe_run(
         "artifacts": artifacts,
         "metrics": metrics,
         "classification": classification,
-        "report": html[0]["path"] or html[0]["uri"] if html else None,
-        "reports": [a["path"] or a["uri"] for a in html],
+        "report": _browser_path(html[0]) if html else None,
+        "reports": [_browser_path(a) for a in html],
         "markdown": [a["path"] or a["uri"] for a in artifacts if a["type"] == MARKDOWN],
         "notes": notes,
     }
@@ -935,6 +936,50 @@ def _describe_artifact(
         "files": count,
         "metadata": metadata,
     }
+
+
+HTML_SUFFIX = ".html"
+
+
+def browser_copy(path: str | os.PathLike[str]) -> Path:
+    """Where a local HTML artifact's file opens in a browser as a page: ``PATH.html``.
+
+    KFP names an artifact's file after the output (``report``, ``heatmap``), without an
+    extension: KFP's UI renders it, but a browser given the bare path shows its source. The
+    local runner writes this copy next to each such file when a run ends
+    (:func:`add_browser_copies`).
+    """
+    p = Path(path)
+    return p if p.suffix == HTML_SUFFIX else p.with_name(p.name + HTML_SUFFIX)
+
+
+def add_browser_copies(run: dict[str, Any]) -> list[Path]:
+    """Write :func:`browser_copy` of each local HTML artifact of a described run; returns them.
+
+    A hard link where the file system allows it (no extra space), else a copy; an existing
+    one is left alone. Run by ``local_runner run`` after the pipeline, never by ``inspect``.
+    """
+    made = []
+    for a in run["artifacts"]:
+        if a["type"] != HTML or not a["path"] or a["is_dir"]:
+            continue
+        src = Path(a["path"])
+        dst = browser_copy(src)
+        if dst == src or dst.exists():
+            continue
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        made.append(dst)
+    return made
+
+
+def _browser_path(a: dict[str, Any]) -> str:
+    """A report's path as a browser should get it (the ``.html`` copy when there is one)."""
+    if a["path"] and not a["is_dir"] and browser_copy(a["path"]).is_file():
+        return str(browser_copy(a["path"]))
+    return str(a["path"] or a["uri"])
 
 
 def _metrics_table(artifacts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -362,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             return predict_command(args)
         return inspect_command(args)
+    except BrokenPipeError:
+        # The reader went away (``inspect ... | head``): stop quietly, as a Unix tool killed by
+        # SIGPIPE would, and keep Python from complaining again when it flushes at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (RunnerError, Exception) as exc:
         from kd.errors import KDError
 

@@ -492,6 +492,11 @@ def run(args: argparse.Namespace) -> int:
             finished=dt.datetime.now(dt.UTC),
             tasks=progress.tasks,
         )
+    if run_dir is not None:
+        try:  # reports open in a browser as pages (KFP names their files without .html)
+            runs.add_browser_copies(runs.describe_run(root, run_dir.name, pipeline_spec=spec))
+        except (OSError, runs.DataError) as exc:
+            print(f"[local_runner] warning: no .html copies of the reports: {exc}", flush=True)
     if error:
         raise RunnerError(
             f"the pipeline failed after {wall:.0f} s: {error}\n  log: {log_path}\n  inspect: "
@@ -514,7 +519,7 @@ def print_result(root: Path, run_dir: Path | None, wall: float) -> None:
     report = run_dir / runs.EVALUATE / "report_files" / "report.html"
     if not summary.exists():  # the sweep
         summary = run_dir / runs.SELECT_BEST_STUDENT / "summary"
-        report = run_dir / runs.SELECT_BEST_STUDENT / "heatmap"
+        report = runs.browser_copy(run_dir / runs.SELECT_BEST_STUDENT / "heatmap")
     if summary.exists():
         print(summary.read_text())
     print(f"run:    {run_dir.name}")

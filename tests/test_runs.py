@@ -295,6 +295,37 @@ def test_cli_json_and_errors(toy: dict, capsys: pytest.CaptureFixture[str]) -> N
     assert "Known runs" in capsys.readouterr().err
 
 
+def test_inspect_survives_a_closed_pipe(toy: dict) -> None:
+    """``inspect ... | head``: the reader is gone before inspect writes; no traceback."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "local_runner", "inspect", toy["ok"], "--json"]
+    proc = subprocess.Popen(
+        [*cmd, "--pipeline-root", str(toy["root"])],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # as `head` does once it has its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err  # 128 + SIGPIPE, as a Unix tool would end
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_reports_get_a_browser_copy_named_html(toy: dict, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(toy["root"], root)
+    run = ins.describe_run(root, toy["ok"], pipeline_spec=toy["spec"])
+    bare = root / toy["ok"] / [p for p in os.listdir(root / toy["ok"]) if "evaluate" in p][0]
+    assert run["report"] == str(bare / "report")  # KFP's own file name, no extension
+    made = ins.add_browser_copies(run)
+    assert made == [bare / "report.html"]
+    assert (bare / "report.html").read_bytes() == (bare / "report").read_bytes()
+    # inspect (and the runner's last lines) now point a browser at the .html copy
+    assert ins.describe_run(root, toy["ok"])["report"] == str(bare / "report.html")
+    assert ins.add_browser_copies(run) == []  # once is enough
+
+
 # ---------------------------------------------------------------------------------------------
 # gs:// layout (KFP / Vertex AI), against the GCS emulator.
 
