@@ -52,6 +52,7 @@ def distill_student(
     """
     from kd.config import DistillConfig, from_dict
     from kd.stages import distill_student as run
+    from kd.storage import write_metrics_file
 
     params = dict(locals())
     cfg = from_dict(DistillConfig, {k: params[k] for k in DistillConfig.__dataclass_fields__})
@@ -78,3 +79,4 @@ def distill_student(
     metrics.log_metric("best_val_accuracy", info["best_val_accuracy"])
     metrics.log_metric("final_val_accuracy", info["final_val_accuracy"])
     metrics.log_metric("epochs_run", info["epochs_run"])
+    write_metrics_file(metrics.path, metrics.metadata)

@@ -63,6 +63,7 @@ def evaluate(
     from kd.config import EvalConfig, GateConfig
     from kd.stages import copy_file
     from kd.stages import evaluate as run
+    from kd.storage import write_metrics_file
 
     out = run(
         {
@@ -94,6 +95,7 @@ def evaluate(
         (scratch_confusion, "student_scratch"),
     ):
         art.log_confusion_matrix(out["class_names"], out["results"][name]["confusion_matrix"])
+        write_metrics_file(art.path, art.metadata)
     copy_file(out["paths"]["metrics_json"], metrics.path)
     copy_file(out["paths"]["report_html"], report.path)
     copy_file(out["paths"]["summary_md"], summary.path)

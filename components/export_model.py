@@ -30,6 +30,7 @@ def export_model(
 ):
     """Export the distilled student as a SavedModel (``serving_default``) and a .keras file."""
     from kd.stages import export_blessed, export_edge
+    from kd.storage import write_metrics_file
 
     info = export_blessed(
         student.path, (test.path, test.metadata.get("sha256")), check_images, blessed.path
@@ -48,3 +49,4 @@ def export_model(
         for key, value in tfl.get(fmt, {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 edge_metrics.log_metric(f"{fmt}_{key}", value)
+    write_metrics_file(edge_metrics.path, edge_metrics.metadata)

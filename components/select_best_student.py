@@ -28,6 +28,7 @@ def select_best_student(
     import tempfile
 
     from kd.stages import copy_file
+    from kd.storage import write_metrics_file
     from kd.sweep import select_best
 
     report_dir = tempfile.mkdtemp(prefix="sweep-")
@@ -38,5 +39,6 @@ def select_best_student(
     for key, value in out["chosen"].items():
         metrics.log_metric(f"chosen_{key}", value)
     metrics.log_metric("chosen_test_accuracy", out["test_accuracy"])
+    write_metrics_file(metrics.path, metrics.metadata)
     copy_file(out["paths"]["html"], heatmap.path)
     copy_file(out["paths"]["markdown"], summary.path)

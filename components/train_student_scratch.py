@@ -44,6 +44,7 @@ def train_student_scratch(
     """
     from kd.config import StudentConfig, from_dict
     from kd.stages import train_student_scratch as run
+    from kd.storage import write_metrics_file
 
     params = dict(locals())
     cfg = from_dict(StudentConfig, {k: params[k] for k in StudentConfig.__dataclass_fields__})
@@ -60,3 +61,4 @@ def train_student_scratch(
     metrics.log_metric("best_val_accuracy", info["best_val_accuracy"])
     metrics.log_metric("final_val_accuracy", info["final_val_accuracy"])
     metrics.log_metric("epochs_run", info["epochs_run"])
+    write_metrics_file(metrics.path, metrics.metadata)

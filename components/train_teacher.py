@@ -42,6 +42,7 @@ def train_teacher(
     """Train the teacher of ``preset`` on hard labels; resumes from its last epoch on retry."""
     from kd.config import TeacherConfig, from_dict
     from kd.stages import train_teacher as run
+    from kd.storage import write_metrics_file
 
     params = dict(locals())
     cfg = from_dict(TeacherConfig, {k: params[k] for k in TeacherConfig.__dataclass_fields__})
@@ -58,3 +59,4 @@ def train_teacher(
     metrics.log_metric("best_val_accuracy", info["best_val_accuracy"])
     metrics.log_metric("final_val_accuracy", info["final_val_accuracy"])
     metrics.log_metric("epochs_run", info["epochs_run"])
+    write_metrics_file(metrics.path, metrics.metadata)

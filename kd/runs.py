@@ -54,6 +54,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,13 @@ FAILED = "FAILED"
 INCOMPLETE = "INCOMPLETE"
 NOT_RUN = "NOT_RUN"
 UNKNOWN = "UNKNOWN"
+#: Written by the local runner: RUNNING while it runs, CANCELLED when stopped by Ctrl-C or
+#: SIGTERM; a RUNNING record whose runner process is gone reads as INTERRUPTED (kill -9).
+RUNNING = "RUNNING"
+CANCELLED = "CANCELLED"
+INTERRUPTED = "INTERRUPTED"
+#: A task the local runner did not run because kfp.local's cache held its outputs.
+REUSED = "REUSED"
 
 METRICS = "system.Metrics"
 CLASSIFICATION_METRICS = "system.ClassificationMetrics"
@@ -469,14 +477,22 @@ def record_run(
     started: dt.datetime | None = None,
     finished: dt.datetime | None = None,
     tasks: dict[str, dict[str, Any]] | None = None,
+    runner: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> Path:
     """Write ``<run_dir>/kd_run.json``: what kfp.local knows but does not store.
 
-    ``status`` (e.g. SUCCEEDED / FAILED), the error message, start/finish times, per-task
-    ``{"status", "start", "end"}`` (ISO strings or datetimes) and the artifact types of the
-    compiled ``pipeline_spec``. :func:`describe_run` prefers these over what it derives.
+    ``status`` (e.g. RUNNING / SUCCEEDED / FAILED / CANCELLED), the error message,
+    start/finish times, per-task ``{"status", "start", "end", "attempts"}`` (ISO strings or
+    datetimes), the artifact types of the compiled ``pipeline_spec`` and the ``runner``
+    process (:func:`runner_identity`), by which a RUNNING record of a runner that no longer
+    exists reads as INTERRUPTED. ``extra`` (JSON-ready; datetimes become ISO strings) is
+    stored as given: the local runner keeps there what ``--resume`` needs (parameters, the
+    pipeline, the cache root). :func:`describe_run` prefers these over what it derives.
     """
     record: dict[str, Any] = {"version": 1, "status": _normalize_status(status)}
+    if runner:
+        record["runner"] = runner
     if error:
         record["error"] = error
     if started:
@@ -484,10 +500,8 @@ def record_run(
     if finished:
         record["finished"] = _iso(finished)
     if tasks:
-        record["tasks"] = {
-            name: {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in t.items()}
-            for name, t in tasks.items()
-        }
+        record["tasks"] = _iso_all(tasks)
+    record.update(_iso_all(extra))
     if pipeline_spec is not None:
         spec = artifact_types_from_spec(pipeline_spec)
         record["artifact_types"] = spec["types"]
@@ -495,6 +509,61 @@ def record_run(
     path = Path(run_dir) / RUN_RECORD
     write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def _iso_all(value: Any) -> Any:
+    """``value`` with every datetime inside it (dicts, lists) as an ISO string."""
+    if isinstance(value, dt.datetime):
+        return _iso(value)
+    if isinstance(value, dict):
+        return {k: _iso_all(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_iso_all(v) for v in value]
+    return value
+
+
+def runner_identity() -> dict[str, Any]:
+    """This process as a run record names its runner: pid and host."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def runner_alive(runner: dict[str, Any]) -> bool | None:
+    """Whether the runner process a record names still runs: None when it ran on another host
+    (nothing to check there). A pid that now belongs to another program counts as gone."""
+    if not runner or runner.get("host") != socket.gethostname():
+        return None
+    pid = runner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): only whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return is_runner_cmdline(cmdline)
+
+
+def is_runner_cmdline(cmdline: bytes) -> bool:
+    """Whether a /proc command line (NUL-separated) is ``python -m local_runner ...``."""
+    args = cmdline.split(b"\0")
+    pairs = zip(args, args[1:], strict=False)
+    return any(a == b"-m" and b == b"local_runner" for a, b in pairs) or any(
+        a.endswith(b"local_runner/__main__.py") for a in args
+    )
+
+
+def _record_status(record: dict[str, Any]) -> str:
+    status = _normalize_status(record["status"])
+    if status == RUNNING and runner_alive(record.get("runner") or {}) is False:
+        return INTERRUPTED
+    return status
 
 
 # --------------------------------------------------------------------------------------------
@@ -655,7 +724,7 @@ def list_runs(pipeline_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if any(f.rel == f"{t}/{EXECUTOR_OUTPUT}" for f in files)
         }
         if record and record.get("status"):
-            status, source = _normalize_status(record["status"]), "record"
+            status, source = _record_status(record), "record"
         else:
             status, source = (
                 _derived_run_status(len(task_dirs), len(done), missing_top_level=0),
@@ -790,9 +859,22 @@ def describe_run(
         rt = record_tasks.get(t["name"]) or record_tasks.get(t.get("folder") or "")
         if rt and rt.get("status"):
             t["status"], t["status_source"] = _normalize_status(rt["status"]), "record"
+        if rt and rt.get("reused_from"):
+            t["reused_from"] = rt["reused_from"]
+        if rt and len(rt.get("attempts") or []) > 1:
+            t["attempts"] = rt["attempts"]
 
     if record and record.get("status"):
-        status, source = _normalize_status(record["status"]), "record"
+        status, source = _record_status(record), "record"
+        if status == INTERRUPTED:
+            for t in tasks:
+                if t["status"] == RUNNING:
+                    t["status"] = INTERRUPTED
+            notes.append(
+                f"INTERRUPTED: its runner (pid {record['runner'].get('pid')}) ended without "
+                "closing the run (kill -9, a crash, or the machine stopped); the next "
+                "`python -m local_runner run` on this pipeline root stops what it left running"
+            )
     else:
         n_real = [t for t in tasks if t["status"] != NOT_RUN]
         done = [t for t in n_real if t["status"] == SUCCEEDED]
@@ -814,6 +896,17 @@ def describe_run(
     classification = _classification(artifacts)
     html = [a for a in artifacts if a["type"] == HTML]
     html.sort(key=lambda a: (0 if "report" in a["name"].lower() else 1, a["task"], a["name"]))
+    reused_from = sorted({t["reused_from"] for t in tasks if t.get("reused_from")})
+    if not html and reused_from and r.run_id not in reused_from:
+        # Every report was reused from an earlier run (--cache): show where it is.
+        for src in reused_from:
+            try:
+                earlier = describe_run(pipeline_root, src)
+            except DataError:
+                continue
+            html = [a for a in earlier["artifacts"] if a["type"] == HTML]
+            if html:
+                break
     started = _parse_time((record or {}).get("started")) or r.created
     finished = _parse_time((record or {}).get("finished")) or max(
         (t["_end"] for t in tasks if t.get("_end")), default=None
@@ -1095,6 +1188,18 @@ def format_run(run: dict[str, Any]) -> str:
             ),
         )
     )
+    for t in run["tasks"]:
+        if t.get("reused_from"):
+            lines.append(f"  {t['name']}: reused the outputs of run {t['reused_from']}")
+        for i, a in enumerate(t.get("attempts") or [], start=1):
+            took = _seconds(_parse_time(a.get("start")), _parse_time(a.get("end")))
+            code = a.get("exit_code")
+            lines.append(
+                f"  {t['name']} attempt {i}: {a.get('status', '?')}"
+                + (f", exit status {code}" if code is not None else "")
+                + f", started {_short_time(a.get('start'))}"
+                + (f", {took:.1f} s" if took is not None else "")
+            )
     if run["artifacts"]:
         lines += ["", "Artifacts"]
         lines.append(

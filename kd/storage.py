@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -184,6 +185,16 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_metrics_file(path: str | os.PathLike[str], metadata: dict[str, Any]) -> Path:
+    """Write a Metrics / ClassificationMetrics artifact's values into its own file (JSON).
+
+    KFP records those values in the executor output only and leaves the artifact's file
+    unwritten; ``kfp.local``'s cache treats an output whose file is missing as a miss, so
+    without this no training stage was ever reused. Every component writes each such output.
+    """
+    return write_text_atomic(path, json.dumps(metadata, indent=1, sort_keys=True) + "\n")
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -178,7 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--cache",
         action="store_true",
-        help="reuse outputs of identical earlier tasks (kfp.local cache; default: off)",
+        help="reuse the outputs of identical tasks of earlier --cache runs on this pipeline "
+        "root (kfp.local's cache: same component code, image, parameters and inputs); a "
+        "reused stage says so and inspect shows it REUSED, with the run it came from "
+        "(default: off)",
+    )
+    r.add_argument(
+        "--resume",
+        metavar="RUN",
+        default=None,
+        help="continue a run that was cancelled, interrupted or failed, with its own "
+        "parameters: its finished stages are reused, the stage that was stopped resumes "
+        "from its last finished epoch (default: a new run)",
     )
 
     i = sub.add_parser("inspect", help="list runs, or show one run's tasks and artifacts")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -60,6 +61,19 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "full": {},
 }
+# The run options that set parameters: --resume takes the run's own instead.
+RUN_FLAGS = (
+    "param",
+    "teacher",
+    "train_teacher",
+    "data",
+    "preset",
+    "teacher_epochs",
+    "student_epochs",
+    "seed",
+    "train_per_class",
+    "test_per_class",
+)
 # The tasks of a main run that trains its teacher, in order (the gate passing).
 STAGES = (
     runs.DATA_SPLIT,
@@ -291,20 +305,36 @@ class StageFailed(Exception):
 
 
 class _Progress:
-    """Turns kfp.local's task log lines into "stage k of n" lines and records task times.
+    """Turns kfp.local's task log lines into "stage k of n" lines and records every task:
+    status, times and each attempt (a retried training stage has several).
 
     Installed as the log-record factory, so it sees every record whatever handlers kfp.local
-    sets up for nested DAGs (the quality gate's branch has its own).
+    sets up for nested DAGs (the quality gate's branch has its own). ``on_change`` is called
+    after each change (the runner rewrites the run record then, so a killed runner leaves one
+    that says which stages had finished). A cache hit is counted as a stage and reported as
+    reused, with the run whose outputs it reuses.
     """
 
     _start = re.compile(r"Executing task '([^']+)'")
     _end = re.compile(r"Task '([^']+)' finished with status (\w+)")
     _retry = re.compile(r"Task (\S+) failed \(attempt (\d+)/(\d+)\)\. Retrying in ([\d.]+)s")
+    _hit = re.compile(r"Task (\S+) cache hit \(key=(\w+)\)")
 
-    def __init__(self, total: int, out: _Terminal | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        out: _Terminal | None = None,
+        *,
+        run_dir: Path | None = None,
+        cache_root: Path | None = None,
+        on_change: Any = None,
+    ) -> None:
         self.total, self.k = total, 0
         self.tasks: dict[str, dict[str, Any]] = {}
         self.out = out
+        self.run_dir, self.cache_root = run_dir, cache_root
+        self.on_change = on_change or (lambda: None)
+        self.exit_codes: list[int] = []  # of stage processes, in order (lifecycle.exit_codes)
         self._failed: str | None = None  # failed, and not (yet) retried
         self._factory = logging.getLogRecordFactory()
 
@@ -315,10 +345,15 @@ class _Progress:
             return record
 
         logging.setLogRecordFactory(factory)
+        # kfp.local logs a cache hit at INFO outside its own logging context, where the root
+        # logger's default level (WARNING) would drop it before any record is made.
+        self._level = logging.getLogger().level
+        logging.getLogger().setLevel(min(self._level or logging.INFO, logging.INFO))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         logging.setLogRecordFactory(self._factory)
+        logging.getLogger().setLevel(self._level)
 
     def _say(self, line: str) -> None:
         if self.out is not None:
@@ -326,88 +361,217 @@ class _Progress:
         else:
             print(line, flush=True)
 
+    def _stage(self, name: str, now: dt.datetime) -> None:
+        self.k += 1
+        self.tasks[name] = {"status": "RUNNING", "start": now, "attempts": []}
+
     def see(self, record: logging.LogRecord) -> None:
         msg = _ANSI.sub("", record.getMessage())
         now = dt.datetime.now(dt.UTC)
         if m := self._retry.search(msg):
             self._failed = None
             name, attempt, total = m.group(1), int(m.group(2)), int(m.group(3))
-            reason = self.out.errors.get(name, "") if self.out is not None else ""
+            why = self.out.errors.get(name, "") if self.out is not None else ""
+            last = (self.tasks.get(name, {}).get("attempts") or [{}])[-1]
+            if not why and last.get("exit_code") is not None:
+                code = last["exit_code"]
+                why = f"exited {code}" + (" (killed)" if code in (137, -9) else "")
+            epoch = last_checkpoint_epoch(self.run_dir, name)
             self._say(
                 f"=== retry {attempt + 1}/{total} of {name} in {float(m.group(4)):.0f} s"
-                + (f" ({reason})" if reason else "")
-                + ": it resumes from its last checkpoint ==="
+                + (f" ({why})" if why else "")
+                + (
+                    f": resuming from epoch {epoch + 1} ==="
+                    if epoch
+                    else ": no finished epoch to resume from, it starts over ==="
+                )
             )
+            self.on_change()
+            return
+        if m := self._hit.search(msg):
+            name = m.group(1)
+            self._stage(name, now)
+            src = cache_source(self.cache_root, m.group(2))
+            self.tasks[name].update({"status": runs.REUSED, "end": now, "reused_from": src})
+            self._say(
+                f"\n=== stage {self.k} of {self.total}: {name}: reused"
+                + (f" from run {src}" if src else "")
+                + " (cache hit, not run again) ==="
+            )
+            self.on_change()
             return
         if m := self._start.search(msg):
-            if self._failed is not None and m.group(1) != self._failed:
+            name = m.group(1)
+            if self._failed is not None and name != self._failed:
                 # The failed task was not retried: stop before the next task starts.
                 raise StageFailed(self._failed)
-            if m.group(1) in self.tasks:  # a retry: the same stage, not a new one
-                self.tasks[m.group(1)].update({"status": "RUNNING"})
-                if self.out is not None:
-                    self.out.task = m.group(1)
-                return
-            self.k += 1
-            self.tasks[m.group(1)] = {"status": "RUNNING", "start": now}
+            if name not in self.tasks:
+                self._stage(name, now)
+                self._say(f"\n=== stage {self.k} of {self.total}: {name} ===")
+            t = self.tasks[name]
+            t["status"] = "RUNNING"  # a retry: the same stage, not a new one
+            t["attempts"].append({"start": now, "status": "RUNNING"})
             if self.out is not None:
-                self.out.task = m.group(1)
-            self._say(f"\n=== stage {self.k} of {self.total}: {m.group(1)} ===")
+                self.out.task = name
+            self.on_change()
         elif m := self._end.search(msg):
-            t = self.tasks.setdefault(m.group(1), {})
-            t.update({"status": m.group(2), "end": now})
+            name, status = m.group(1), m.group(2)
+            t = self.tasks.setdefault(name, {"attempts": []})
+            t.update({"status": status, "end": now})
             if "start" in t:
                 t["duration_s"] = (now - t["start"]).total_seconds()
+            if t["attempts"]:
+                t["attempts"][-1].update({"status": status, "end": now})
             took = f" in {t['duration_s']:.1f} s" if "duration_s" in t else ""
-            word = "done" if m.group(2) == "SUCCESS" else m.group(2)
-            self._say(f"=== {m.group(1)}: {word}{took} ===")
-            if m.group(2) == "FAILURE" and m.group(1) not in runs.RETRIED_TASKS:
-                self._failed = m.group(1)
+            word = "done" if status == "SUCCESS" else status
+            self._say(f"=== {name}: {word}{took} ===")
+            if status == "FAILURE" and name not in runs.RETRIED_TASKS:
+                self._failed = name
+            self.on_change()
+
+    def exited(self, code: int) -> None:
+        """A stage process (container or subprocess) ended with ``code``."""
+        running = [t for t in self.tasks.values() if t.get("status") == "RUNNING"]
+        if running and running[-1]["attempts"]:
+            running[-1]["attempts"][-1]["exit_code"] = int(code)
+
+    def cancel(self) -> str | None:
+        """Mark the running stage CANCELLED; returns its name."""
+        for name, t in self.tasks.items():
+            if t.get("status") == "RUNNING":
+                now = dt.datetime.now(dt.UTC)
+                t.update({"status": runs.CANCELLED, "end": now})
+                if t.get("attempts"):
+                    t["attempts"][-1].update({"status": runs.CANCELLED, "end": now})
+                return name
+        return None
+
+    def finished(self) -> list[str]:
+        """The stages that succeeded (run or reused), in order."""
+        return [n for n, t in self.tasks.items() if t.get("status") in ("SUCCESS", runs.REUSED)]
 
     def failed_stage(self) -> str | None:
         """The first task that did not succeed, if any."""
         for name, t in self.tasks.items():
-            if t.get("status") not in ("SUCCESS", "RUNNING", None):
+            if t.get("status") not in ("SUCCESS", runs.REUSED, "RUNNING", None):
                 return name
         running = [n for n, t in self.tasks.items() if t.get("status") == "RUNNING"]
         return running[-1] if running else None
 
 
+def last_checkpoint_epoch(run_dir: Path | None, task: str) -> int:
+    """The last epoch a task's checkpoint holds (0: none), from its file name."""
+    if run_dir is None:
+        return 0
+    found = [
+        int(m.group(1))
+        for p in (run_dir / task).glob("*/checkpoint/epoch-*.weights.h5")
+        if (m := re.match(r"epoch-(\d+)\.weights\.h5$", p.name))
+    ]
+    return max(found, default=0)
+
+
+def cache_source(cache_root: Path | None, key_prefix: str) -> str | None:
+    """The run whose outputs a cache hit reuses: read from kfp.local's cache entry (a JSON
+    file named after the key, holding the outputs' URIs)."""
+    if cache_root is None:
+        return None
+    for entry in sorted(cache_root.glob(f"{key_prefix}*.json")):
+        try:
+            text = entry.read_text()
+        except OSError:
+            continue
+        if m := re.search(r"kd-cifar10[\w-]*?-\d{4}(?:-\d{2}){5}-\d{6}", text):
+            return m.group(0)
+    return None
+
+
+def _load_resumable(root: Path, run: str) -> dict[str, Any]:
+    """The record of a run ``--resume RUN`` may continue, or a RunnerError saying why not."""
+    try:
+        described = runs.describe_run(root, run)
+    except runs.DataError as exc:
+        raise RunnerError(f"--resume {run}: {exc}") from exc
+    run_id = described["run_id"]
+    path = root / run_id / runs.RUN_RECORD
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if "parameters" not in record:
+        raise RunnerError(
+            f"--resume {run_id}: its record holds no parameters (it was not started by "
+            "this version of the runner). Fix: start a new run"
+        )
+    status = described["status"]
+    if status == runs.SUCCEEDED:
+        raise RunnerError(f"--resume {run_id}: it finished (SUCCEEDED); nothing to resume")
+    if status == runs.RUNNING:
+        raise RunnerError(
+            f"--resume {run_id}: it is still running (runner pid "
+            f"{record.get('runner', {}).get('pid')}). Fix: wait, or stop it first (Ctrl-C)"
+        )
+    record["run_id"] = run_id
+    return record
+
+
 def run(args: argparse.Namespace) -> int:
     """``python -m local_runner run``: check everything, run the pipeline, print the results."""
     import pipeline
+    from local_runner import lifecycle
 
-    overrides = dict(args.param or [])
-    if args.train_teacher:
-        overrides["teacher_model"] = ""
-    for flag, key in (
-        ("teacher", "teacher_model"),
-        ("data", "source"),
-        ("preset", None),
-        ("teacher_epochs", "teacher_epochs"),
-        ("student_epochs", "student_epochs"),
-        ("seed", None),
-        ("train_per_class", "train_per_class"),
-        ("test_per_class", "test_per_class"),
-    ):
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if flag == "preset":
-            overrides.update(teacher_preset=value, student_preset=value)
-        elif flag == "seed":
-            overrides.update(teacher_seed=value, student_seed=value, split_seed=value)
-        else:
-            overrides[key] = value
-    params = resolve_params(args.profile, overrides, args.pipeline)
-    data_path = check_source(params["source"])
     root = Path(args.pipeline_root).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise RunnerError(f"pipeline root {root} is a file. Fix: pass a folder")
-    root.mkdir(parents=True, exist_ok=True)
-    teacher_given = params.get("teacher_model", "")
-    if teacher_given:
-        params["teacher_model"] = stage_teacher(teacher_given, root)
+    resume = getattr(args, "resume", None)
+    teacher_given = ""
+    if resume:
+        given = [f for f in RUN_FLAGS if getattr(args, f, None) not in (None, False, [])]
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise RunnerError(
+                f"--resume continues a run with its own parameters; {flags} would change "
+                "them. Fix: drop them, or start a new run"
+            )
+        prev = _load_resumable(root, resume)
+        params, which, run_name = prev["parameters"], prev["pipeline"], prev["run_id"]
+        cache_root = Path(prev["cache_root"])
+        data_path = check_source(params["source"])
+        teacher_given = prev.get("teacher_given", "")
+        # What the earlier attempts did stays in the record (each resume adds one entry).
+        before_resume = [*prev.get("before_resume", []), prev.get("tasks", {})]
+    else:
+        before_resume = []
+        which = args.pipeline
+        overrides = dict(args.param or [])
+        if args.train_teacher:
+            overrides["teacher_model"] = ""
+        for flag, key in (
+            ("teacher", "teacher_model"),
+            ("data", "source"),
+            ("preset", None),
+            ("teacher_epochs", "teacher_epochs"),
+            ("student_epochs", "student_epochs"),
+            ("seed", None),
+            ("train_per_class", "train_per_class"),
+            ("test_per_class", "test_per_class"),
+        ):
+            value = getattr(args, flag)
+            if value is None:
+                continue
+            if flag == "preset":
+                overrides.update(teacher_preset=value, student_preset=value)
+            elif flag == "seed":
+                overrides.update(teacher_seed=value, student_seed=value, split_seed=value)
+            else:
+                overrides[key] = value
+        params = resolve_params(args.profile, overrides, which)
+        data_path = check_source(params["source"])
+        root.mkdir(parents=True, exist_ok=True)
+        teacher_given = params.get("teacher_model", "")
+        if teacher_given:
+            params["teacher_model"] = stage_teacher(teacher_given, root)
+        run_name = lifecycle.new_run_name(pipeline.PIPELINE_NAME)
+        # Every run caches its finished tasks (that is what --resume reuses); --cache shares
+        # one cache between the runs of this root, so identical tasks of earlier runs are reused.
+        cache_root = root / ".kfp_cache" / ("shared" if args.cache else run_name)
 
     from kfp import local
 
@@ -415,13 +579,18 @@ def run(args: argparse.Namespace) -> int:
 
     enable_artifact_oneof()
     image = args.image
+    client = None
+    session = os.urandom(6).hex()
     if args.runner == "docker":
         client = check_docker()
         check_reachable_by_container_user(root)
         if os.getuid() == 0:  # the containers' non-root user creates the run folders here
             root.chmod(0o1777)
         ensure_image(image, args.build, client)
-        run_args: dict[str, Any] = {"network_mode": "none"}
+        run_args: dict[str, Any] = {
+            "network_mode": "none",
+            "labels": lifecycle.container_labels(session, root, run_name),
+        }
         if os.getuid() != 0:
             run_args["user"] = f"{os.getuid()}:{os.getgid()}"
         if data_path is not None:
@@ -437,20 +606,61 @@ def run(args: argparse.Namespace) -> int:
         os.umask(0o000)  # the container's non-root user writes into folders made here
     else:
         runner = local.SubprocessRunner(use_venv=False)
-    local.init(runner=runner, pipeline_root=str(root), enable_caching=args.cache)
+        try:  # a Docker run killed earlier may have left containers writing into this root
+            import docker
+
+            client = docker.from_env()
+            client.ping()
+        except Exception:
+            client = None
+    for line in lifecycle.stop_orphans(root, client):
+        print(f"[local_runner] {line}", flush=True)
+    local.init(
+        runner=runner, pipeline_root=str(root), enable_caching=True, cache_root=str(cache_root)
+    )
 
     res = pipeline.Resources(target="kfp", retries=args.retries, backoff="2s")
-    fn = pipeline_function(args.pipeline, res)
+    fn = pipeline_function(which, res)
     spec = root / ".pipeline.yaml"
-    pipeline.compile_pipeline(spec, res=res, image=image, which=args.pipeline)
-    before = {p.name for p in root.iterdir() if p.is_dir()}
+    pipeline.compile_pipeline(spec, res=res, image=image, which=which)
+    run_dir = root / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
-    log_path = root / f".run-{started.strftime('%Y%m%d-%H%M%S-%f')}.log"
+    if resume:
+        started = dt.datetime.fromisoformat(prev.get("started") or started.isoformat())
+    log_path = run_dir / "run.log"
     term = _Terminal(log_path, sys.stdout, verbose=getattr(args, "verbose", False))
-    progress = _Progress(len(stage_names(params, args.pipeline)), term)
+    runner_id = {**runs.runner_identity(), "kind": args.runner, "session": session}
+
+    def write_record(status: str, error: str | None = None, done: bool = False) -> None:
+        runs.record_run(
+            run_dir,
+            status,
+            pipeline_spec=spec,
+            error=error,
+            started=started,
+            finished=dt.datetime.now(dt.UTC) if done else None,
+            tasks=progress.tasks,
+            runner=runner_id,
+            parameters=params,
+            pipeline=which,
+            cache_root=str(cache_root),
+            teacher_given=teacher_given,
+            before_resume=before_resume,
+        )
+
+    progress = _Progress(
+        len(stage_names(params, which)),
+        term,
+        run_dir=run_dir,
+        cache_root=cache_root,
+        on_change=lambda: write_record(runs.RUNNING),
+    )
+    write_record(runs.RUNNING)
+    word = "resuming" if resume else "running"
     print(
-        f"[local_runner] running {pipeline.PIPELINE_NAME} with the {args.runner} runner; "
-        f"pipeline root {root}",
+        f"[local_runner] {word} {pipeline.PIPELINE_NAME} with the {args.runner} runner; "
+        f"run {run_name} in {root}",
         flush=True,
     )
     if teacher_given:
@@ -461,11 +671,19 @@ def run(args: argparse.Namespace) -> int:
         )
     t0 = time.perf_counter()
     error = None
+    cancelled: str | None = None  # the signal that stopped the run
     saved = sys.stdout, sys.stderr
     try:
         sys.stdout = sys.stderr = term  # type: ignore[assignment]
-        with progress:
+        with (
+            lifecycle.cancel_on_signals(),
+            lifecycle.fixed_run_name(run_name),
+            lifecycle.exit_codes(progress.exited),
+            progress,
+        ):
             fn(**params)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (lifecycle.cancel_on_signals)
+        cancelled = lifecycle.signal_name(exc)
     except Exception as exc:  # kfp.local raises RuntimeError when a task fails
         stage = progress.failed_stage()
         reason = term.errors.get(stage or "") or _ANSI.sub("", f"{type(exc).__name__}: {exc}")
@@ -476,52 +694,60 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout, sys.stderr = saved
         term.close()
     wall = time.perf_counter() - t0
-    new = sorted({p.name for p in root.iterdir() if p.is_dir()} - before)
-    run_dir = root / new[-1] if new else None
-    if run_dir is not None:
-        log_path = log_path.replace(run_dir / "run.log")
-    else:
-        log_path = log_path.replace(root / "last-run.log")
-    if run_dir is not None:
-        runs.record_run(
-            run_dir,
-            "FAILED" if error else "SUCCEEDED",
-            pipeline_spec=spec,
-            error=error,
-            started=started,
-            finished=dt.datetime.now(dt.UTC),
-            tasks=progress.tasks,
+    inspect_hint = f"python -m local_runner inspect {run_name} --pipeline-root {root}"
+    if cancelled is not None:
+        with lifecycle.ignore_signals():  # a second Ctrl-C must not stop the cleanup
+            stopped = lifecycle.stop_own_work(session, root, client)
+            stage = progress.cancel()
+            done = progress.finished()
+            why = f"cancelled by {cancelled}" + (f" during {stage}" if stage else "")
+            write_record(runs.CANCELLED, error=why, done=True)
+        print(
+            f"[local_runner] {why} after {wall:.0f} s; {len(done)} of {progress.total} stages "
+            f"had finished ({', '.join(done) or 'none'})"
+            + (f"; stopped {', '.join(stopped)}" if stopped else "")
+            + f". Resume: python -m local_runner run --resume {run_name} --pipeline-root "
+            f"{root}; log: {log_path}",
+            file=sys.stderr,
+            flush=True,
         )
-    if run_dir is not None:
-        try:  # reports open in a browser as pages (KFP names their files without .html)
-            runs.add_browser_copies(runs.describe_run(root, run_dir.name, pipeline_spec=spec))
-        except (OSError, runs.DataError) as exc:
-            print(f"[local_runner] warning: no .html copies of the reports: {exc}", flush=True)
+        return 130
+    write_record(runs.FAILED if error else runs.SUCCEEDED, error=error, done=True)
+    try:  # reports open in a browser as pages (KFP names their files without .html)
+        runs.add_browser_copies(runs.describe_run(root, run_name, pipeline_spec=spec))
+    except (OSError, runs.DataError) as exc:
+        print(f"[local_runner] warning: no .html copies of the reports: {exc}", flush=True)
     if error:
         raise RunnerError(
             f"the pipeline failed after {wall:.0f} s: {error}\n  log: {log_path}\n  inspect: "
-            f"python -m local_runner inspect {run_dir.name if run_dir else ''} "
-            f"--pipeline-root {root}"
+            f"{inspect_hint}\n  resume (after fixing the cause): python -m local_runner run "
+            f"--resume {run_name} --pipeline-root {root}"
         )
-    print_result(root, run_dir, wall)
+    print_result(root, run_dir, wall, progress.tasks)
     print(f"log:    {log_path}")
     return 0
 
 
-def print_result(root: Path, run_dir: Path | None, wall: float) -> None:
-    """The comparison table and where the report is."""
+def print_result(
+    root: Path, run_dir: Path, wall: float, tasks: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """The comparison table and where the report is (in the run a reused task came from)."""
     print(f"\n[local_runner] pipeline finished in {wall:.0f} s")
-    if run_dir is None:
-        return
-    summary = run_dir / runs.EVALUATE / "summary"
+
+    def task_dir(task: str) -> Path:
+        src = ((tasks or {}).get(task) or {}).get("reused_from")
+        return root / src / task if src else run_dir / task
+
+    summary = task_dir(runs.EVALUATE) / "summary"
     # The HTML artifact's file has no extension (KFP's UI renders it); the same page, named
     # report.html, is in the report_files artifact, so a browser opens it as a page.
-    report = run_dir / runs.EVALUATE / "report_files" / "report.html"
+    report = task_dir(runs.EVALUATE) / "report_files" / "report.html"
     if not summary.exists():  # the sweep
-        summary = run_dir / runs.SELECT_BEST_STUDENT / "summary"
-        report = runs.browser_copy(run_dir / runs.SELECT_BEST_STUDENT / "heatmap")
+        summary = task_dir(runs.SELECT_BEST_STUDENT) / "summary"
+        report = runs.browser_copy(task_dir(runs.SELECT_BEST_STUDENT) / "heatmap")
     if summary.exists():
         print(summary.read_text())
     print(f"run:    {run_dir.name}")
-    print(f"report: {report} (HTML; open it in a browser)")
+    if report.exists():
+        print(f"report: {report} (HTML; open it in a browser)")
     print(f"inspect: python -m local_runner inspect {run_dir.name} --pipeline-root {root}")

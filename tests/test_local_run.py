@@ -7,10 +7,8 @@ networking off. Where no Docker engine runs it skips loudly; with CI=true it fai
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -192,29 +190,9 @@ def test_a_failing_stage_prints_its_own_reason(tmp_path):
     assert run["status"] == "FAILED" and "stage check-teacher failed" in run["error"]
 
 
-def _docker_ok() -> bool:
-    try:
-        import docker
-
-        docker.from_env().ping()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.mark.docker
-def test_docker_runner_end_to_end(request):
-    if not _docker_ok():
-        msg = "Docker engine not running: run docker/install_engine.sh (make engine)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    # The containers run as the image's non-root user: use a pipeline root it can reach
-    # (pytest's own temporary folders are private to root).
-    (ROOT / "runs").mkdir(exist_ok=True)
-    tmp_path = Path(tempfile.mkdtemp(prefix="docker-e2e-", dir=ROOT / "runs"))
-    tmp_path.chmod(0o755)
-    request.addfinalizer(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
+def test_docker_runner_end_to_end(docker_root):
+    tmp_path = docker_root  # the containers' non-root user can reach it
     r = _cli(
         "run",
         "--runner",
@@ -289,28 +267,14 @@ def test_sweep_through_the_local_runner(tmp_path):
     assert "data:image/png;base64" in Path(heatmap["uri"]).read_text()
 
 
-def _docker_root(request) -> Path:
-    """A pipeline root the containers' non-root user can reach (pytest's are root-only)."""
-    (ROOT / "runs").mkdir(exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="docker-e2e-", dir=ROOT / "runs"))
-    root.chmod(0o755)
-    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
-    return root
-
-
 @pytest.mark.docker
-def test_killed_container_is_retried_and_resumes(request):
+def test_killed_container_is_retried_and_resumes(docker_root):
     """kill -9 the teacher's container mid-training: kfp.local retries the task (the retry
     policy compiled into the pipeline) and the retry resumes from the last saved epoch."""
-    if not _docker_ok():
-        msg = "Docker engine not running: run docker/install_engine.sh (make engine)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
     import docker
     from components.image import IMAGE
 
-    root = _docker_root(request)
+    root = docker_root
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(
         [
@@ -364,6 +328,15 @@ def test_killed_container_is_retried_and_resumes(request):
     assert "=== train-teacher: FAILURE" in out, out[-4000:]
     assert out.count(": train-teacher ===") == 1, out[-4000:]
     assert "[train_teacher] resuming after epoch" in out, out[-4000:]
+    # The retry says why (the container's exit status) and from which epoch it goes on.
+    retry = re.search(
+        r"=== retry 2/\d+ of train-teacher in \d+ s \((.*)\): resuming from epoch (\d+)", out
+    )
+    assert retry and retry.group(1) == "exited 137 (killed)", out[-4000:]
+    # inspect lists both attempts, with their exit status.
+    shown = _cli("inspect", "latest", "--pipeline-root", str(root)).stdout
+    assert "train-teacher attempt 1: FAILURE, exit status 137" in shown, shown
+    assert "train-teacher attempt 2: SUCCESS, exit status 0" in shown, shown
     teacher = next(root.glob("*/train-teacher/model"))
     assert json.loads((teacher / "history.json").read_text())["epoch"] == [1, 2, 3]
     assert not (teacher / "checkpoint").exists()
