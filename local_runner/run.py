@@ -502,7 +502,10 @@ def _load_resumable(root: Path, run: str) -> dict[str, Any]:
         )
     status = described["status"]
     if status == runs.SUCCEEDED:
-        raise RunnerError(f"--resume {run_id}: it finished (SUCCEEDED); nothing to resume")
+        raise RunnerError(
+            f"--resume {run_id}: it finished (SUCCEEDED); nothing to resume. Fix: start a new "
+            "run (without --resume), or --cache to reuse its stages"
+        )
     if status == runs.RUNNING:
         raise RunnerError(
             f"--resume {run_id}: it is still running (runner pid "

@@ -26,6 +26,7 @@ import errno
 import gzip
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -1590,6 +1591,58 @@ def test_submit_refuses_a_missing_gcs_teacher(gcs_emulator: Any, tmp_path: Path)
     assert_clear(err.value, uri, "no such object")
     gcs_emulator.bucket("kd-test").blob("teachers/here.keras").upload_from_string(b"x")
     parameters.check_teacher_exists("gs://kd-test/teachers/here.keras")  # no error
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming a run: python -m local_runner run --resume RUN
+# ----------------------------------------------------------------------------------------------
+
+EARLIER = "kd-cifar10-2026-01-02-03-04-05-000006"
+RESUME_CASES = [
+    pytest.param(
+        ["--resume", "nope"],
+        {"status": "FAILED", "parameters": {}},
+        ("--resume nope", "no run 'nope'"),
+        id="resume-an-unknown-run",
+    ),
+    pytest.param(
+        ["--resume", EARLIER],
+        {"status": "SUCCEEDED", "parameters": {}},
+        (EARLIER, "it finished (SUCCEEDED)"),
+        id="resume-a-finished-run",
+    ),
+    pytest.param(
+        ["--resume", EARLIER],
+        {"status": "FAILED"},
+        (EARLIER, "holds no parameters"),
+        id="resume-a-run-of-an-older-runner",
+    ),
+    pytest.param(
+        ["--resume", EARLIER, "--student-epochs", "3", "--param", "alpha=0.2"],
+        {"status": "CANCELLED", "parameters": {}},
+        ("--param, --student-epochs would change them",),
+        id="resume-with-new-parameters",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "record", "names"), RESUME_CASES)
+def test_local_runner_refuses_a_resume_it_cannot_do(
+    args: list[str], record: dict, names: tuple[str, ...], tmp_path: Path
+) -> None:
+    root = tmp_path / "runs"
+    (root / EARLIER).mkdir(parents=True)
+    written = json.dumps({"version": 1, **record})
+    (root / EARLIER / "kd_run.json").write_text(written)
+    proc = run_cli(
+        ["-m", "local_runner", "run", "--runner", "subprocess", "--pipeline-root", str(root)]
+        + args,
+        tmp_path,
+    )
+    assert_one_error_line(proc, 2, *names)
+    assert "=== stage" not in proc.stdout
+    assert sorted(p.name for p in root.iterdir()) == [EARLIER], "a run folder was created"
+    assert (root / EARLIER / "kd_run.json").read_text() == written  # left as it was
 
 
 # ----------------------------------------------------------------------------------------------
