@@ -12,10 +12,13 @@
 #   --tag TAG   image tag (default: IMAGE from components/image.py).
 #   --force     build even when the image exists and its inputs did not change.
 #   --no-cache  passed to docker build.
+#   --reuse-existing  keep an existing image whose sources (the files below and the variant)
+#               are unchanged, whichever way (online or offline) it was built.
 #
 # The image carries a label kd.inputs-hash (Dockerfile, .dockerignore, requirements, pyproject,
 # kd/, components/, local_runner/, pipeline.py, submit.py, parameters.py, variant, base image); when the
-# existing image has the same hash the build is skipped.
+# existing image has the same hash the build is skipped. A second label, kd.source-hash, leaves
+# out how it was built (offline, base image): --reuse-existing compares that one.
 # Environment: PYTHON (interpreter for pip download, default .venv/bin/python or python3),
 # BASE_TAG (offline base image, default kd-base:local).
 set -euo pipefail
@@ -29,6 +32,7 @@ OFFLINE=0
 VARIANT=cpu
 TAG=""
 FORCE=0
+REUSE=0
 NO_CACHE=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -37,9 +41,10 @@ while [ $# -gt 0 ]; do
         --tag) [ $# -ge 2 ] || die "--tag needs a value, e.g. --tag kd-pipeline:dev"; TAG=$2; shift ;;
         --tag=*) TAG=${1#--tag=} ;;
         --force) FORCE=1 ;;
+        --reuse-existing) REUSE=1 ;;
         --no-cache) NO_CACHE=(--no-cache) ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-        *) die "unknown argument '$1'. Usage: docker/build.sh [--offline] [--gpu] [--tag TAG] [--force] [--no-cache]" ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) die "unknown argument '$1'. Usage: docker/build.sh [--offline] [--gpu] [--tag TAG] [--force] [--no-cache] [--reuse-existing]" ;;
     esac
     shift
 done
@@ -66,6 +71,26 @@ command -v docker >/dev/null 2>&1 \
 docker info >/dev/null 2>&1 \
     || die "the Docker engine is not running (or this user cannot reach it). Fix: docker/install_engine.sh"
 
+sources_hash() {  # the files the image is made of, and the variant
+    echo "variant=$VARIANT"
+    local f
+    {
+        for f in docker/Dockerfile .dockerignore requirements.txt pyproject.toml README.md \
+                 pipeline.py submit.py parameters.py; do
+            [ -f "$f" ] && echo "$f"
+        done
+        find kd components local_runner -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+            ! -name '*.pyo' 2>/dev/null
+    } | LC_ALL=C sort | while read -r f; do sha256sum "$f"; done
+}
+SOURCE_HASH=$(sources_hash | sha256sum | cut -d' ' -f1)
+if [ "$REUSE" -eq 1 ] && [ "$FORCE" -eq 0 ]; then
+    current=$(docker image inspect -f '{{ index .Config.Labels "kd.source-hash" }}' "$TAG" 2>/dev/null || true)
+    if [ "$current" = "$SOURCE_HASH" ]; then
+        echo "$TAG is up to date (sources hash ${SOURCE_HASH:0:12}, however it was built); use --force to rebuild"
+        exit 0
+    fi
+fi
 BASE_TAG=${BASE_TAG:-kd-base:local}
 BUILD_ARGS=(--build-arg "VARIANT=$VARIANT")
 if [ "$OFFLINE" -eq 1 ]; then
@@ -75,19 +100,11 @@ fi
 
 inputs_hash() {
     {
-        echo "variant=$VARIANT offline=$OFFLINE"
+        echo "offline=$OFFLINE"
         if [ "$OFFLINE" -eq 1 ]; then
             echo "base=$(docker image inspect -f '{{.Id}}' "$BASE_TAG")"
         fi
-        local f
-        {
-            for f in docker/Dockerfile .dockerignore requirements.txt pyproject.toml README.md \
-                     pipeline.py submit.py parameters.py; do
-                [ -f "$f" ] && echo "$f"
-            done
-            find kd components local_runner -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
-                ! -name '*.pyo' 2>/dev/null
-        } | LC_ALL=C sort | while read -r f; do sha256sum "$f"; done
+        sources_hash
     } | sha256sum | cut -d' ' -f1
 }
 
@@ -144,7 +161,7 @@ fi
 echo "building $TAG ($VARIANT, $([ "$OFFLINE" -eq 1 ] && echo "offline from $BASE_TAG" || echo "online")) ..."
 start=$(date +%s)
 docker build -f docker/Dockerfile "${BUILD_ARGS[@]}" "${NO_CACHE[@]}" \
-    --label "kd.inputs-hash=$HASH" -t "$TAG" . \
+    --label "kd.inputs-hash=$HASH" --label "kd.source-hash=$SOURCE_HASH" -t "$TAG" . \
     || die "docker build failed (see above)"
 elapsed=$(( $(date +%s) - start ))
 size=$(docker image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.2f GB", $1/1e9}')

@@ -154,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="how to get the image: online (docker build from the public base "
         "image), offline (no registry: local base image + wheelhouse), never (must "
-        "exist), auto (offline where this machine built offline before, e.g. after make "
-        "demo, else online); an up-to-date image is reused (default: auto)",
+        "exist), auto (an image with unchanged sources is reused however it was built; "
+        "else offline where this machine built offline before, e.g. after make demo, online "
+        "where the public base image is here or a registry answers, offline otherwise) "
+        "(default: %(default)s)",
     )
     r.add_argument(
         "--gpus",

@@ -203,40 +203,78 @@ def check_reachable_by_container_user(root: Path) -> None:
 
 
 OFFLINE_BASE = "kd-base:local"  # docker/make_base_image.sh's tag: this machine builds offline
+ONLINE_BASE = "python:3.11-slim-bookworm"  # the Dockerfile's default BASE_IMAGE
+REGISTRY = ("registry-1.docker.io", 443)
+
+
+def registry_reachable(address: tuple[str, int] = REGISTRY, timeout: float = 3.0) -> bool:
+    """Whether Docker Hub answers a TCP connection (no registry: no online build)."""
+    import socket
+
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def choose_build(
+    build: str, has_offline_base: bool, has_online_base: bool, registry: Any
+) -> tuple[str, str]:
+    """How ``--build auto`` gets the image: (``online`` | ``offline``, why). ``registry`` is
+    called only when it decides.
+
+    The way this machine built before (the offline base image exists after ``make demo``);
+    else online where the public base image is here or a registry answers; else offline (the
+    base image is made with debootstrap and the wheels come from PyPI, no registry needed).
+    """
+    if build != "auto":
+        return build, f"--build {build}"
+    if has_offline_base:
+        return "offline", f"{OFFLINE_BASE} exists (this machine builds offline)"
+    if has_online_base:
+        return "online", f"{ONLINE_BASE} is here"
+    if registry():
+        return "online", "a container registry answers"
+    return "offline", f"no container registry reachable and no {ONLINE_BASE} image here"
 
 
 def ensure_image(image: str, build: str, client: Any) -> None:
-    """Build the image with docker/build.sh unless ``build`` is ``never`` (then it must exist).
+    """Get the image with docker/build.sh unless ``build`` is ``never`` (then it must exist).
 
-    build.sh skips the build when the image's recorded input hash is unchanged. ``auto`` builds
-    the way this machine built before: offline where the offline base image exists (after
-    ``make demo``), else from the public base image.
+    An existing image whose sources are unchanged is reused however it was built
+    (``--reuse-existing``; with an explicit online/offline only one built that way counts);
+    otherwise it is built the way :func:`choose_build` says.
     """
-    if build == "auto":
+
+    def have(tag: str) -> bool:
         try:
-            client.images.get(OFFLINE_BASE)
-            build = "offline"
+            client.images.get(tag)
+            return True
         except Exception:
-            build = "online"
+            return False
+
     if build == "never":
-        try:
-            client.images.get(image)
-        except Exception as exc:
+        if not have(image):
             raise RunnerError(
                 f"image {image} not found and --build never. Fix: build it "
                 "with docker/build.sh (--offline without a registry)"
-            ) from exc
+            )
         return
+    mode, why = choose_build(build, have(OFFLINE_BASE), have(ONLINE_BASE), registry_reachable)
     cmd = ["bash", str(ROOT / "docker" / "build.sh"), "--tag", image]
-    if build == "offline":
+    if mode == "offline":
         cmd.insert(2, "--offline")
-    print(f"[local_runner] image {image}: {' '.join(cmd[1:])}", flush=True)
+    if build == "auto":
+        cmd.append("--reuse-existing")
+    print(f"[local_runner] image {image}: {' '.join(cmd[1:])} ({why})", flush=True)
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-        raise RunnerError(
-            f"building image {image} failed (see above). Fix: without a container registry "
-            "use --build offline (make image-offline); with one, check that it and PyPI are "
-            "reachable"
+        fix = (
+            "without a container registry use --build offline (make image-offline)"
+            if mode == "online"
+            else "check that the Debian mirror and PyPI are reachable (docker/README.md)"
         )
+        raise RunnerError(f"building image {image} ({mode}) failed (see above). Fix: {fix}")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -192,6 +192,24 @@ def test_rebuild_is_skipped_when_inputs_are_unchanged(image: str) -> None:
         assert time.monotonic() - start < 30
 
 
+@pytest.mark.docker
+def test_an_image_built_offline_is_reused_when_asked_for_online(image: str) -> None:
+    """What ``local_runner run`` (--build auto) asks: keep an up-to-date image however it was
+    built; an online build (no registry here) is never started for it."""
+    r = subprocess.run(
+        ["bash", str(REPO / "docker" / "build.sh"), "--reuse-existing"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "is up to date (sources hash" in r.stdout, r.stdout[-2000:]
+    assert "building" not in r.stdout
+    labels = json.loads(_run("docker", "image", "inspect", image).stdout)[0]["Config"]["Labels"]
+    assert labels.get("kd.source-hash") and labels.get("kd.inputs-hash")
+
+
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def image_probe(rows: int, data: dsl.Output[dsl.Dataset], metrics: dsl.Output[dsl.Metrics]):
     import os

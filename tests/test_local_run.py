@@ -211,6 +211,20 @@ def test_docker_runner_end_to_end(docker_root):
     assert model.stat().st_uid != 0
 
 
+def test_build_auto_builds_the_way_this_machine_can():
+    from local_runner.run import choose_build
+
+    def no_registry() -> bool:
+        raise AssertionError("the registry is asked only when nothing else decides")
+
+    assert choose_build("auto", True, True, no_registry)[0] == "offline"  # after make demo
+    assert choose_build("auto", False, True, no_registry)[0] == "online"
+    assert choose_build("auto", False, False, lambda: True)[0] == "online"
+    mode, why = choose_build("auto", False, False, lambda: False)
+    assert mode == "offline" and "no container registry reachable" in why
+    assert choose_build("online", True, False, no_registry)[0] == "online"  # as told
+
+
 def test_bad_parameter_fails_before_any_stage(tmp_path):
     r = _cli(
         "run",
