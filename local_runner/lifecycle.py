@@ -64,7 +64,17 @@ def fixed_run_name(name: str) -> Iterator[None]:
 
 
 @contextmanager
-def cancel_on_signals() -> Iterator[None]:
+def _handling(handler: Any) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` within the block; the old handlers come back."""
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def cancel_on_signals() -> Any:
     """Within the block, SIGINT and SIGTERM raise ``KeyboardInterrupt("SIGINT" | "SIGTERM")``.
 
     KeyboardInterrupt itself (not a subclass), because ``subprocess.Popen.__exit__`` (which
@@ -78,23 +88,12 @@ def cancel_on_signals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    return _handling(handler)
 
 
-@contextmanager
-def ignore_signals() -> Iterator[None]:
+def ignore_signals() -> Any:
     """Within the block, SIGINT and SIGTERM are ignored (the cleanup after a cancel)."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    return _handling(signal.SIG_IGN)
 
 
 @contextmanager

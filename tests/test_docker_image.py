@@ -196,13 +196,7 @@ def test_rebuild_is_skipped_when_inputs_are_unchanged(image: str) -> None:
 def test_an_image_built_offline_is_reused_when_asked_for_online(image: str) -> None:
     """What ``local_runner run`` (--build auto) asks: keep an up-to-date image however it was
     built; an online build (no registry here) is never started for it."""
-    r = subprocess.run(
-        ["bash", str(REPO / "docker" / "build.sh"), "--reuse-existing"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _run("bash", str(REPO / "docker" / "build.sh"), "--reuse-existing")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "is up to date (sources hash" in r.stdout, r.stdout[-2000:]
     assert "building" not in r.stdout

@@ -14,41 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runner_cli import TINY, cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--teacher-epochs",
-    "1",
-    "--student-epochs",
-    "1",
-    "--train-per-class",
-    "30",
-    "--test-per-class",
-    "10",
-    "--param",
-    "latency_runs=2",
-    "--param",
-    "export_check_images=16",
-    "--param",
-    "min_kd_gain=-100",
-    "--param",
-    "min_accuracy=0",
-    # One-epoch students on 300 images may well collapse; the export must still be reached.
-    "--param",
-    "refuse_collapsed=false",
-]
-
-
-def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "local_runner", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+_cli = cli
 
 
 def _check_run(root: Path, out: str, trained: bool = False) -> dict:

@@ -5,67 +5,23 @@ run record and ``inspect``; child processes are found in /proc (Linux).
 """
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from runner_cli import TINY, cli, start
 
 from kd import runs
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--runner",
-    "subprocess",
-    "--student-epochs",
-    "1",
-    "--train-per-class",
-    "30",
-    "--test-per-class",
-    "10",
-    "--param",
-    "latency_runs=2",
-    "--param",
-    "export_check_images=16",
-    "--param",
-    "min_kd_gain=-100",
-    "--param",
-    "min_accuracy=0",
-    "--param",
-    "refuse_collapsed=false",
-]
+SMALL = ["--runner", "subprocess", *TINY]
 TEACHER = ["--train-teacher", "--param", "teacher_batch_size=40"]
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def _start(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "local_runner", "run", "--pipeline-root", str(root), *args],
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "local_runner", *args],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+_cli, _start = cli, start
 
 
 def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
@@ -225,7 +181,7 @@ def _containers(root: Path) -> list:
     return docker.from_env().containers.list(filters={"label": f"{ROOT_LABEL}={root}"})
 
 
-DOCKER = ["--runner", "docker", "--build", "offline", *SMALL[2:]]
+DOCKER = ["--runner", "docker", "--build", "offline", *TINY]
 
 
 @pytest.mark.docker
