@@ -144,6 +144,10 @@ def test_kill_9_reads_interrupted_and_resume_finishes_it_like_an_uninterrupted_r
     assert got["epoch"] == want["epoch"] == [1, 2, 3, 4]
     assert got["val_accuracy"] == pytest.approx(want["val_accuracy"], abs=1e-6)
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+    # ... and so is everything after it: the students and the evaluation's scores.
+    scores = [json.loads((r / "evaluate" / "metrics").read_text())["results"] for r in (run, ref)]
+    accuracies = [{name: m[name]["accuracy"] for name in m} for m in scores]
+    assert len(accuracies[0]) == 3 and accuracies[0] == pytest.approx(accuracies[1], abs=1e-6)
 
 
 @pytest.mark.slow
