@@ -5,6 +5,7 @@ run record and ``inspect``; child processes are found in /proc (Linux).
 """
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -38,6 +39,11 @@ def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 600) -> 
 
 def _stage_processes(root: Path) -> list[str]:
     """Command lines of live stage processes writing under ``root``."""
+    return [cmd for _, cmd in _stage_pids(root)]
+
+
+def _stage_pids(root: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of live stage processes writing under ``root``."""
     found = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -47,7 +53,7 @@ def _stage_processes(root: Path) -> list[str]:
             except OSError:
                 continue
             if b"kfp.dsl.executor_main" in cmd and str(root).encode() in cmd and state != "Z":
-                found.append(cmd[:80].decode(errors="replace"))
+                found.append((int(d.name), cmd[:80].decode(errors="replace")))
     return found
 
 
@@ -120,8 +126,10 @@ def test_kill_9_reads_interrupted_and_resume_finishes_it_like_an_uninterrupted_r
     )
     proc.kill()  # SIGKILL: the runner gets no chance to clean up
     proc.communicate(timeout=60)
-    orphans = _stage_processes(root)
+    orphans = _stage_pids(root)
     assert orphans, "the killed runner's stage should still be running (orphaned)"
+    for pid, _ in orphans:  # frozen, so that it is still there when the next run starts
+        os.kill(pid, signal.SIGSTOP)  # however fast this machine finishes the teacher
     (run,) = [p for p in root.iterdir() if p.name.startswith("kd-cifar10-")]
     shown = _cli("inspect", run.name, "--pipeline-root", str(root))
     assert "Status    INTERRUPTED" in shown.stdout, shown.stdout
