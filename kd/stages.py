@@ -59,6 +59,7 @@ def train_teacher(
     """Train the teacher; ``train``/``val`` are (Dataset path, expected sha256)."""
     from kd import train as kd_train
 
+    kd_train.pad_heap()  # before the first TensorFlow op (its docstring says why)
     tr, va = _load(*train, "train"), _load(*val, "validation")
     return kd_train.train_teacher(tr, va, cfg, out_dir, log=log).info
 
@@ -73,6 +74,7 @@ def train_student_scratch(
     """Train the student from scratch (hard labels only)."""
     from kd import train as kd_train
 
+    kd_train.pad_heap()  # before the first TensorFlow op (its docstring says why)
     tr, va = _load(*train, "train"), _load(*val, "validation")
     return kd_train.train_student_scratch(tr, va, cfg, out_dir, log=log).info
 
@@ -100,10 +102,12 @@ def distill_student(
     log: Log = print,
 ) -> dict[str, Any]:
     """Distill the student from the teacher saved in ``teacher_dir``."""
+    from kd import train as kd_train
     from kd.distill import distill_student as run
     from kd.model_folder import load_model
     from kd.teacher import teacher_identity
 
+    kd_train.pad_heap()  # before the first TensorFlow op (its docstring says why)
     teacher = load_model(teacher_dir)
     tr, va = _load(*train, "train"), _load(*val, "validation")
     identity = teacher_identity(teacher_dir)

@@ -363,3 +363,56 @@ def test_the_configs_jit_compile_reaches_keras_for_every_training_stage(flag):
     teacher = build_model("seed", "student", seed=3)
     _, distiller = distill_trainer(teacher, DistillConfig(jit_compile=flag), steps=1)
     assert distiller.jit_compile is flag
+
+
+class _ModelTouched(Exception):
+    """Raised by the stand-in for the first model built or loaded (ends the stage there)."""
+
+
+@pytest.mark.parametrize("stage", ["train_teacher", "train_student_scratch", "distill_student"])
+def test_training_stages_pad_the_heap_before_any_model_exists(stage, tmp_path, monkeypatch):
+    """Each training stage pads glibc's heap (kd.train.pad_heap) before it builds or loads a
+    model: set after TensorFlow's first op, the padding measured no faster."""
+    import kd.model_folder
+    from kd import stages
+    from kd import train as kd_train
+    from kd.config import DistillConfig, TeacherConfig
+    from kd.data import save_dataset
+
+    events: list[str] = []
+    monkeypatch.setattr(kd_train, "pad_heap", lambda *a, **k: events.append("pad") or True)
+
+    def touched(*a, **k):
+        events.append("model")
+        raise _ModelTouched
+
+    monkeypatch.setattr(kd_train, "build_model", touched)
+    monkeypatch.setattr(kd.model_folder, "load_model", touched)
+    x, y = _data(40)
+    train = (str(tmp_path / "train"), save_dataset(tmp_path / "train", x, y)["sha256"])
+    val = (str(tmp_path / "val"), save_dataset(tmp_path / "val", x[:20], y[:20])["sha256"])
+    out = str(tmp_path / "out")
+    calls = {
+        "train_teacher": lambda: stages.train_teacher(train, val, TeacherConfig(epochs=1), out),
+        "train_student_scratch": lambda: stages.train_student_scratch(
+            train, val, StudentConfig(epochs=1), out
+        ),
+        "distill_student": lambda: stages.distill_student(
+            str(tmp_path / "teacher"), train, val, DistillConfig(epochs=1), out
+        ),
+    }
+    with pytest.raises(_ModelTouched):
+        calls[stage]()
+    assert events == ["pad", "model"]
+
+
+def test_pad_heap_sets_glibc_malloc_and_is_skipped_without_it(monkeypatch):
+    import ctypes
+    import platform
+
+    from kd.train import pad_heap
+
+    if platform.libc_ver()[0] == "glibc":
+        assert pad_heap() is True
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("no libc")))
+    assert pad_heap() is False
