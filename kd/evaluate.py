@@ -573,7 +573,55 @@ def agreement_rate(pred_a: Sequence[int], pred_b: Sequence[int]) -> float:
     return float(np.mean(a == b))
 
 
-def compare_models(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def paired_gain_interval(
+    y: Any, pred_a: Sequence[int], pred_b: Sequence[int], z: float = 1.96
+) -> dict[str, Any]:
+    """How well these test images pin down ``100 * (acc_a - acc_b)``: a 95 % interval for the
+    gain of model ``a`` over model ``b`` measured on the same images, and McNemar's test.
+
+    Per image ``d_i = [a right] - [b right]`` (in {-1, 0, 1}); the gain is ``100 * mean(d)``
+    points, its standard error ``100 * sd(d) / sqrt(n)`` (``sd`` with ``ddof=1``), the interval
+    ``gain +- z * se`` (the normal approximation of the paired difference; ``z = 1.96``: 95 %).
+    McNemar's exact test: of the images exactly one model gets right (``only_a``, ``only_b``),
+    the two-sided binomial p-value of that split under "equally likely"
+    (``scipy.stats.binomtest``). Our own code because scikit-learn has no paired test; the
+    interval is the textbook formula. ``resolved``: the interval excludes 0.
+
+    Returns:
+        ``{"gain_points", "low_points", "high_points", "n", "only_a", "only_b", "mcnemar_p",
+        "resolved"}``.
+    """
+    from scipy.stats import binomtest
+
+    labels = np.asarray(y).reshape(-1)
+    a, b = np.asarray(pred_a).reshape(-1), np.asarray(pred_b).reshape(-1)
+    if not (a.size == b.size == labels.size) or labels.size < 2:
+        raise DataError(
+            f"paired_gain_interval needs >= 2 images with a prediction of each model, got "
+            f"{labels.size} labels, {a.size} and {b.size} predictions. Fix: score both models "
+            "on the same test images"
+        )
+    a, b = a == labels, b == labels
+    d = a.astype(np.float64) - b.astype(np.float64)
+    n = d.size
+    gain = 100.0 * float(d.mean())
+    se = 100.0 * float(d.std(ddof=1)) / math.sqrt(n)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    p = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    low, high = gain - z * se, gain + z * se
+    return {
+        "gain_points": gain,
+        "low_points": low,
+        "high_points": high,
+        "n": n,
+        "only_a": only_a,
+        "only_b": only_b,
+        "mcnemar_p": p,
+        "resolved": bool(low > 0 or high < 0),
+    }
+
+
+def compare_models(results: Mapping[str, Mapping[str, Any]], labels: Any = None) -> dict[str, Any]:
     """Knowledge-distillation gain, compression and teacher agreement.
 
     With ``acc`` the test accuracy (fraction) and ``err = 1 - acc``:
@@ -586,11 +634,14 @@ def compare_models(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     - ``accuracy_gap_to_teacher_points[s] = 100 * (acc_teacher - acc_s)``.
     - ``agreement_with_teacher[s]``: fraction of test images where ``s`` predicts the
       teacher's class (needs ``pred`` in both results).
+    - ``kd_gain_interval``: with ``labels`` and both students' ``pred``, how well these test
+      images resolve the KD gain (:func:`paired_gain_interval`, distilled over scratch).
 
     Models that are missing give ``None`` for the values that need them.
 
     Args:
         results: model name -> :func:`evaluate_model` result (at least ``accuracy``).
+        labels: the test labels the ``pred`` lists were scored against.
 
     Returns:
         The dict above plus ``accuracies`` (name -> accuracy) and ``params`` (name -> count).
@@ -606,11 +657,15 @@ def compare_models(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "compression_ratios": {},
         "accuracy_gap_to_teacher_points": {},
         "agreement_with_teacher": {},
+        "kd_gain_interval": None,
     }
     if DISTILLED in acc and SCRATCH in acc:
         out["kd_gain_points"] = 100.0 * (acc[DISTILLED] - acc[SCRATCH])
         err_s, err_kd = 1.0 - acc[SCRATCH], 1.0 - acc[DISTILLED]
         out["relative_error_reduction"] = (err_s - err_kd) / err_s if err_s > 0 else None
+        p_kd, p_s = results[DISTILLED].get("pred"), results[SCRATCH].get("pred")
+        if labels is not None and p_kd is not None and p_s is not None:
+            out["kd_gain_interval"] = paired_gain_interval(labels, p_kd, p_s)
     teacher = results.get(TEACHER)
     for s in STUDENTS:
         if s not in results:

@@ -115,6 +115,28 @@ def _pts(value: Any, digits: int = 2) -> str:
     return "—" if f is None else f"{f:+.{digits}f} pts"
 
 
+def _interval_text(comparison: Mapping[str, Any]) -> str:
+    """``"95 % interval -5.9 to +2.8 pts on 500 test images, McNemar p = 0.47"``, or ``""``
+    without one (:func:`kd.evaluate.paired_gain_interval`)."""
+    iv = comparison.get("kd_gain_interval") or {}
+    if _num(iv.get("low_points")) is None or _num(iv.get("high_points")) is None:
+        return ""
+    return (
+        f"95 % interval {iv['low_points']:+.1f} to {iv['high_points']:+.1f} pts on "
+        f"{_int(iv.get('n'))} test images, McNemar p = {_num(iv.get('mcnemar_p')) or 0:.2g}"
+    )
+
+
+def _gain_verdict(comparison: Mapping[str, Any]) -> str:
+    """``"good"``, ``"bad"`` or ``"unresolved"``: the sign of the KD gain where the test images
+    resolve it (its 95 % interval excludes 0, or there is no interval), else unresolved."""
+    gain = _num(comparison.get("kd_gain_points"))
+    iv = comparison.get("kd_gain_interval") or {}
+    if iv and not iv.get("resolved"):
+        return "unresolved"
+    return "good" if gain is not None and gain > 0 else "bad"
+
+
 def _fmt(value: Any, spec: str = ".3f", suffix: str = "") -> str:
     f = _num(value)
     return "—" if f is None else f"{f:{spec}}{suffix}"
@@ -601,8 +623,12 @@ def summary_table(results: Mapping[str, Mapping[str, Any]], comparison: Mapping[
     lines.append("")
     rer = _num(comparison.get("relative_error_reduction"))
     cr = _num(comparison.get("compression_ratio"))
+    interval = _interval_text(comparison)
+    if interval:
+        resolved = _gain_verdict(comparison) != "unresolved"
+        interval = f" ({interval}{'' if resolved else ': not resolved, too few test images'})"
     lines.append(
-        f"KD gain (distilled - scratch): {_pts(comparison.get('kd_gain_points'))}; "
+        f"KD gain (distilled - scratch): {_pts(comparison.get('kd_gain_points'))}{interval}; "
         f"relative error reduction: {'—' if rer is None else f'{100 * rer:.1f} %'}; "
         f"compression (teacher / distilled params): {'—' if cr is None else f'{cr:.1f}x'}"
     )
@@ -662,7 +688,7 @@ def metrics_frame(results: Mapping[str, Mapping[str, Any]]) -> Any:
 
 _CSS = """
 :root { --ink:#1f2933; --muted:#616e7c; --line:#e4e7eb; --bg:#f5f7fa; --card:#fff;
-  --good:#2f855a; --bad:#c53030; --accent:#34558b; }
+  --good:#2f855a; --bad:#c53030; --unresolved:#975a16; --accent:#34558b; }
 * { box-sizing:border-box; }
 body { margin:0; background:var(--bg); color:var(--ink);
   font:15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
@@ -689,7 +715,7 @@ p.note, figcaption { color:var(--muted); font-size:13px; margin:8px 0 0; }
 .card .k { font-size:12px; text-transform:uppercase; letter-spacing:.05em; color:var(--muted); }
 .card .v { font-size:28px; font-weight:700; line-height:1.2; margin:2px 0; }
 .card .s { font-size:13px; color:var(--muted); }
-.good { color:var(--good); } .bad { color:var(--bad); }
+.good { color:var(--good); } .bad { color:var(--bad); } .unresolved { color:var(--unresolved); }
 .warning { background:#fff5f5; border:2px solid var(--bad); border-left-width:8px;
   border-radius:8px; padding:12px 16px; margin:0 0 10px; color:#742a2a; }
 .warning strong { color:var(--bad); font-size:16px; }
@@ -769,16 +795,31 @@ def _headline(results: Mapping[str, Mapping[str, Any]], comparison: Mapping[str,
     if gain is None:
         return "Both students are needed to measure the gain of knowledge distillation."
     rer = _num(comparison.get("relative_error_reduction"))
-    verb = "improved" if gain > 0 else "did not improve"
-    parts = [
-        f'Knowledge distillation <strong class="{"good" if gain > 0 else "bad"}">{verb}'
-        f"</strong> the student by <strong>{_pts(gain)}</strong> of test accuracy "
-        f"({_pct(results[DISTILLED].get('accuracy'))} vs {_pct(results[SCRATCH].get('accuracy'))}"
+    verdict = _gain_verdict(comparison)
+    accs = (
+        f"{_pct(results[DISTILLED].get('accuracy'))} vs {_pct(results[SCRATCH].get('accuracy'))}"
         " from scratch"
-    ]
-    if rer is not None:
-        parts.append(f", removing {100 * rer:.1f} % of the scratch student's errors")
-    parts.append(")")
+    )
+    interval = _interval_text(comparison)
+    if verdict == "unresolved":
+        iv = comparison["kd_gain_interval"]
+        parts = [
+            f"Knowledge distillation changed the student by <strong>{_pts(gain)}</strong> of "
+            f"test accuracy ({accs}), which these <strong>{_int(iv.get('n'))} test images "
+            f'cannot tell from zero</strong> (<span class="unresolved">{_e(interval)}</span>; '
+            "more test images resolve it: see the gate below for the validation split)"
+        ]
+    else:
+        verb = "improved" if gain > 0 else "did not improve"
+        parts = [
+            f'Knowledge distillation <strong class="{verdict}">{verb}</strong> the student by '
+            f"<strong>{_pts(gain)}</strong> of test accuracy ({accs}"
+        ]
+        if rer is not None:
+            parts.append(f", removing {100 * rer:.1f} % of the scratch student's errors")
+        if interval:
+            parts.append(f"; {_e(interval)}")
+        parts.append(")")
     cr = _num(comparison.get("compression_ratio"))
     gap = _num((comparison.get("accuracy_gap_to_teacher_points") or {}).get(DISTILLED))
     if cr is not None and gap is not None:
@@ -862,9 +903,14 @@ def _summary_html(
     gain = _num(comparison.get("kd_gain_points"))
     if gain is not None:
         rer = _num(comparison.get("relative_error_reduction"))
-        cls = "good" if gain > 0 else "bad"
+        cls = _gain_verdict(comparison)
         rer_text = "—" if rer is None else f"{100 * rer:.1f} %"
         sub = f"relative error reduction {rer_text}"
+        iv = comparison.get("kd_gain_interval") or {}
+        if iv:
+            sub += f" · 95 % interval {iv['low_points']:+.1f} to {iv['high_points']:+.1f}" + (
+                "" if iv.get("resolved") else " (not resolved)"
+            )
         if any(
             (results.get(n, {}).get("collapse") or {}).get("collapsed")
             for n in (DISTILLED, SCRATCH)

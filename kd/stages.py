@@ -236,7 +236,7 @@ def evaluate(
         )
         hist = Path(model_dirs[n]) / HISTORY_FILE
         histories[n] = json.loads(hist.read_text()) if hist.exists() else {}
-    comparison = ev.compare_models(results)
+    comparison = ev.compare_models(results, labels=y)
     passed, reason, gate_detail = gate_decision(val_results, gate)
     teacher = teacher_identity(model_dirs["teacher"])
     teacher["test_accuracy"] = results["teacher"]["accuracy"]

@@ -182,6 +182,11 @@ def test_evaluate_outputs_report_metrics_and_gate(chain):
     assert len(cm["rows"]) == 10 and sum(sum(r["row"]) for r in cm["rows"]) == 100
     html = Path(ev["report"].path).read_text()
     assert "<html" in html.lower() and "data:image/png;base64" in html
+    # The KD gain's interval comes from the test labels the stage scored (100 images here).
+    saved = json.loads((Path(ev["report_files"].path) / "metrics.json").read_text())
+    interval = saved["comparison"]["kd_gain_interval"]
+    assert interval["n"] == 100
+    assert interval["gain_points"] == pytest.approx(ev["metrics"].metadata["kd_gain_points"])
     assert "student_distilled" in Path(ev["summary"].path).read_text()
     assert (Path(ev["report_files"].path) / "metrics.csv").exists()
 

@@ -199,6 +199,38 @@ def test_compare_models_known_answers() -> None:
     )
 
 
+def test_paired_gain_interval_known_answer_and_limits() -> None:
+    from kd.evaluate import paired_gain_interval
+
+    y = [0] * 10
+    a = [0] * 6 + [1] * 4  # right on images 0-5
+    b = [0, 0, 1, 1, 1, 1, 0, 0, 1, 1]  # right on 0, 1, 6, 7
+    # d = +1 on images 2-5, -1 on 6-7, 0 elsewhere: mean 0.2, sd (ddof 1) sqrt(5.6 / 9)
+    iv = paired_gain_interval(y, a, b)
+    se = 100 * (5.6 / 9) ** 0.5 / 10**0.5
+    assert iv["gain_points"] == pytest.approx(20.0)
+    assert iv["low_points"] == pytest.approx(20.0 - 1.96 * se)
+    assert iv["high_points"] == pytest.approx(20.0 + 1.96 * se)
+    assert (iv["n"], iv["only_a"], iv["only_b"]) == (10, 4, 2)
+    assert iv["mcnemar_p"] == pytest.approx(1 - 20 / 64)  # P(X != 3), X ~ Bin(6, 1/2)
+    assert iv["resolved"] is False
+    same = paired_gain_interval(y, a, a)  # identical predictions: no gain, nothing to test
+    assert same["gain_points"] == same["low_points"] == same["high_points"] == 0.0
+    assert same["mcnemar_p"] == 1.0 and same["resolved"] is False
+    wide = paired_gain_interval([0] * 400, [0] * 300 + [1] * 100, [0] * 200 + [1] * 200)
+    assert wide["resolved"] is True and wide["low_points"] > 0
+    c = compare_models(
+        {
+            "student_distilled": _result(0.6, 5, a),
+            "student_scratch": _result(0.4, 5, b),
+        },
+        labels=y,
+    )
+    assert c["kd_gain_interval"] == iv
+    with pytest.raises(DataError, match="same test images"):
+        paired_gain_interval(y, a, b[:5])
+
+
 def test_compare_models_missing_model_and_mismatch() -> None:
     c = compare_models({"teacher": _result(0.9, 10, [0]), "student_scratch": _result(0.7, 5, [0])})
     assert c["kd_gain_points"] is None and c["compression_ratio"] is None

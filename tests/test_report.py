@@ -309,3 +309,32 @@ def test_report_renders_in_headless_chromium(chromium, report, tmp_path: Path) -
     for _sid, heading in SECTIONS:
         assert heading in text, heading
     assert "Scratch student (student_scratch) has collapsed" in text
+
+
+@pytest.mark.parametrize("n, resolved", [(60, False), (N_TEST, True)])
+def test_headline_says_when_the_test_images_cannot_resolve_the_kd_gain(n, resolved, tmp_path):
+    """With the test labels the comparison carries the KD gain's 95 % interval; a gain the
+    images cannot tell from zero is reported as that (amber), not as "did not improve" or
+    "improved" (the demo's 500 test images once printed -1.60 pts in red while the
+    validation gain was +5.60)."""
+    y = np.random.default_rng(7).integers(0, 10, n)
+    results = {
+        "teacher": _synthetic_result("teacher", y, 0.91, 2_400_000, 1),
+        "student_distilled": _synthetic_result("student_distilled", y, 0.85, 310_000, 2),
+        "student_scratch": _synthetic_result("student_scratch", y, 0.78, 310_000, 3),
+    }
+    comparison = compare_models(results, labels=y)
+    iv = comparison["kd_gain_interval"]
+    assert iv["n"] == n and iv["resolved"] is resolved
+    page = write_report(tmp_path, results, {}, comparison)["report_html"].read_text()
+    headline = page[page.index('<p class="lead">') :]
+    headline = headline[: headline.index("</p>")]
+    text = summary_table(results, comparison)
+    if resolved:
+        assert "improved" in headline and "cannot tell" not in headline
+        assert "not resolved" not in text
+    else:
+        assert f"{n} test images cannot tell from zero" in re.sub("<[^>]+>", "", headline)
+        assert "improved" not in headline and 'class="unresolved"' in headline
+        assert "not resolved, too few test images" in text
+    assert f"95 % interval {iv['low_points']:+.1f} to {iv['high_points']:+.1f} pts" in text
