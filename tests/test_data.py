@@ -256,10 +256,10 @@ def test_benign_link_inside_archive_is_accepted(
 
 def test_sample_source() -> None:
     got = load_cifar10("sample")
-    assert got.x_train.shape == (2500, 32, 32, 3) and got.x_test.shape == (500, 32, 32, 3)
+    assert got.x_train.shape == (2500, 32, 32, 3) and got.x_test.shape == (2000, 32, 32, 3)
     assert got.x_train.dtype == np.uint8 and got.y_train.dtype == np.uint8
     assert np.bincount(got.y_train).tolist() == [250] * 10
-    assert np.bincount(got.y_test).tolist() == [50] * 10
+    assert np.bincount(got.y_test).tolist() == [200] * 10
     assert got.provenance["format"] == "sample" and got.provenance["source"] == "sample"
 
 
