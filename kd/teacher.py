@@ -225,7 +225,7 @@ def teacher_identity(model_dir: str | Path) -> dict[str, Any]:
         "parameters": params.get("total") if isinstance(params, dict) else params,
         "val_accuracy": info.get("val_accuracy", info.get("best_val_accuracy")),
         "trained_on": (
-            f"{data.get('train_images')} images of the official CIFAR-10 training set"
+            f"{int(data['train_images']):,} images of the official CIFAR-10 training set"
             if data.get("train_images")
             else None
         ),

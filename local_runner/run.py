@@ -520,8 +520,9 @@ def cache_source(cache_root: Path | None, key_prefix: str) -> str | None:
             text = entry.read_text()
         except OSError:
             continue
-        if m := re.search(r"kd-cifar10[\w-]*?-\d{4}(?:-\d{2}){5}-\d{6}", text):
-            return m.group(0)
+        # An output URI's run folder: <pipeline>-YYYY-mm-dd-HH-MM-SS-ffffff (new_run_name).
+        if m := re.search(r"/([^/\"]+?-\d{4}(?:-\d{2}){5}-\d{6})/", text):
+            return m.group(1)
     return None
 
 

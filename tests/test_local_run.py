@@ -77,7 +77,7 @@ def _check_run(root: Path, out: str, trained: bool = False) -> dict:
         assert who["source"] == "imported"
         assert who["sha256"] == sha256_file(shipped_teacher_path())
         assert "brought in, not trained in this run" in html
-        assert "45000 images of the official CIFAR-10 training set" in html
+        assert "45,000 images of the official CIFAR-10 training set" in html
     return run
 
 
@@ -323,3 +323,16 @@ def test_killed_container_is_retried_and_resumes(docker_root):
     teacher = next(root.glob("*/train-teacher/model"))
     assert json.loads((teacher / "history.json").read_text())["epoch"] == [1, 2, 3]
     assert not (teacher / "checkpoint").exists()
+
+
+def test_cache_source_names_the_run_of_any_pipeline(tmp_path):
+    """A cache hit's source run is read from the cached outputs' URIs, whatever the pipeline
+    is called (it once matched only names starting with kd-cifar10)."""
+    from local_runner.lifecycle import new_run_name
+    from local_runner.run import cache_source
+
+    run = new_run_name("my-pipeline")
+    uri = str(tmp_path / run / "distill-student" / "model")
+    (tmp_path / "abc123.json").write_text(json.dumps({"model": {"uri": uri}}))
+    assert cache_source(tmp_path, "abc") == run
+    assert cache_source(tmp_path, "zzz") is None
