@@ -4,7 +4,7 @@ with it and without it, each in a fresh process (the setting is process-wide).
     python -m bench.heap --epochs 6 --repeats 2 --out bench/results/heap-pad-cpu.json
 
 Each child trains the scratch student of ``make demo`` (the ``demo`` profile's parameters
-through ``parameters.resolve``, the shipped sample's 2,000 training images) through the
+through ``parameters.resolve``, the 2,000 images of its training split) through the
 pipeline's stage function for ``--epochs`` epochs; "off" replaces ``kd.train.pad_heap`` with a
 no-op before training, "on" is the code as shipped. The runs alternate off, on, off, on so
 that a slow spell of the machine hits both. Reported: every epoch's time, and the median of

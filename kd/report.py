@@ -115,21 +115,35 @@ def _pts(value: Any, digits: int = 2) -> str:
     return "—" if f is None else f"{f:+.{digits}f} pts"
 
 
+def _interval_bounds(comparison: Mapping[str, Any]) -> str:
+    """``"-5.9 to +2.8"`` (points; two decimals where one would round a bound to 0.0), or
+    ``""`` without an interval (:func:`kd.evaluate.paired_gain_interval`)."""
+    iv = comparison.get("kd_gain_interval") or {}
+    low, high = _num(iv.get("low_points")), _num(iv.get("high_points"))
+    if low is None or high is None:
+        return ""
+    digits = 2 if min(abs(low), abs(high)) < 0.05 else 1
+    return f"{low:+.{digits}f} to {high:+.{digits}f}"
+
+
 def _interval_text(comparison: Mapping[str, Any]) -> str:
     """``"95 % interval -5.9 to +2.8 pts on 500 test images, McNemar p = 0.47"``, or ``""``
-    without one (:func:`kd.evaluate.paired_gain_interval`)."""
-    iv = comparison.get("kd_gain_interval") or {}
-    if _num(iv.get("low_points")) is None or _num(iv.get("high_points")) is None:
+    without one."""
+    bounds = _interval_bounds(comparison)
+    if not bounds:
         return ""
-    return (
-        f"95 % interval {iv['low_points']:+.1f} to {iv['high_points']:+.1f} pts on "
-        f"{_int(iv.get('n'))} test images, McNemar p = {_num(iv.get('mcnemar_p')) or 0:.2g}"
-    )
+    iv = comparison["kd_gain_interval"]
+    text = f"95 % interval {bounds} pts on {_int(iv.get('n'))} test images"
+    p = _num(iv.get("mcnemar_p"))
+    if p is not None:
+        text += ", McNemar p < 0.001" if p < 0.001 else f", McNemar p = {p:.2g}"
+    return text
 
 
 def _gain_verdict(comparison: Mapping[str, Any]) -> str:
     """``"good"``, ``"bad"`` or ``"unresolved"``: the sign of the KD gain where the test images
-    resolve it (its 95 % interval excludes 0, or there is no interval), else unresolved."""
+    resolve it (its interval excludes 0 and McNemar's p < 0.05, or there is no interval), else
+    unresolved."""
     gain = _num(comparison.get("kd_gain_points"))
     iv = comparison.get("kd_gain_interval") or {}
     if iv and not iv.get("resolved"):
@@ -592,8 +606,9 @@ def summary_table(results: Mapping[str, Mapping[str, Any]], comparison: Mapping[
 
     Columns: accuracy (%), loss (mean cross-entropy, nats), ECE (%), parameters, size on disk,
     gap to the teacher (percentage points), agreement with the teacher (% of test images),
-    collapsed. Below the table: KD gain (points), relative error reduction, compression ratio,
-    and one ``WARNING`` line per collapsed model.
+    collapsed. Below the table: KD gain (points, with its 95 % interval and McNemar's p where
+    the comparison has them, and "not resolved" when those images cannot tell it from zero),
+    relative error reduction, compression ratio, and one ``WARNING`` line per collapsed model.
 
     Args:
         results: model name -> :func:`kd.evaluate.evaluate_model` result.
@@ -626,7 +641,7 @@ def summary_table(results: Mapping[str, Mapping[str, Any]], comparison: Mapping[
     interval = _interval_text(comparison)
     if interval:
         resolved = _gain_verdict(comparison) != "unresolved"
-        interval = f" ({interval}{'' if resolved else ': not resolved, too few test images'})"
+        interval = f" ({interval}{'' if resolved else ': not resolved on these test images'})"
     lines.append(
         f"KD gain (distilled - scratch): {_pts(comparison.get('kd_gain_points'))}{interval}; "
         f"relative error reduction: {'—' if rer is None else f'{100 * rer:.1f} %'}; "
@@ -807,7 +822,7 @@ def _headline(results: Mapping[str, Mapping[str, Any]], comparison: Mapping[str,
             f"Knowledge distillation changed the student by <strong>{_pts(gain)}</strong> of "
             f"test accuracy ({accs}), which these <strong>{_int(iv.get('n'))} test images "
             f'cannot tell from zero</strong> (<span class="unresolved">{_e(interval)}</span>; '
-            "more test images resolve it: see the gate below for the validation split)"
+            "more test images would narrow it)"
         ]
     else:
         verb = "improved" if gain > 0 else "did not improve"
@@ -906,11 +921,9 @@ def _summary_html(
         cls = _gain_verdict(comparison)
         rer_text = "—" if rer is None else f"{100 * rer:.1f} %"
         sub = f"relative error reduction {rer_text}"
-        iv = comparison.get("kd_gain_interval") or {}
-        if iv:
-            sub += f" · 95 % interval {iv['low_points']:+.1f} to {iv['high_points']:+.1f}" + (
-                "" if iv.get("resolved") else " (not resolved)"
-            )
+        bounds = _interval_bounds(comparison)
+        if bounds:
+            sub += f" · 95 % interval {bounds}" + (" (not resolved)" if cls == "unresolved" else "")
         if any(
             (results.get(n, {}).get("collapse") or {}).get("collapsed")
             for n in (DISTILLED, SCRATCH)

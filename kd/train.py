@@ -70,27 +70,28 @@ HEAP_TOP_PAD = 256 << 20
 
 def pad_heap(pad: int = HEAP_TOP_PAD) -> bool:
     """Have glibc's malloc grow and trim its heaps in steps of ``pad`` bytes (``M_TOP_PAD``;
-    glibc's default is 128 KiB, and setting it also fixes the mmap threshold where it is).
-    Returns whether the setting took (False off glibc, e.g. macOS or musl: skipped).
+    glibc's default is 128 KiB; setting it also stops glibc from raising its mmap threshold
+    on its own). Returns whether glibc took the setting (False where the C library has no
+    ``mallopt``, e.g. macOS, or refuses it, e.g. musl; with jemalloc or tcmalloc preloaded it
+    returns True and does nothing).
 
-    Why: on the CPU a training step allocates and frees its activations every step; with
-    glibc's defaults the freed tops of its heaps go back to the kernel and are taken again,
-    page faults and zeroing included, the next step. Padded, the demo's scratch student's
-    epochs on 2 CPU cores take about half as long (``python -m bench.heap``). It must run
-    before the process's first TensorFlow op (before any model is built or loaded: the
-    training stages of :mod:`kd.stages` call it first); set later it measured no faster.
-    Large-batch inference does not change. Process-wide; it keeps at most ``pad`` bytes per
-    heap resident. Keras and TensorFlow have no allocator setting for this, and
-    ``GLIBC_TUNABLES`` in the environment would have to be set before the process starts, so
-    it would miss in-process and subprocess runs.
+    Why: measured, not derived. On 2 CPU cores the demo's scratch student's epochs took 1.3x
+    and 1.9x less time with it in two runs of ``python -m bench.heap``
+    (``bench/results/heap-pad-cpu*.json``), with the same numbers out. A step allocates and
+    frees its activations every step, and with glibc's defaults that memory goes back to the
+    kernel and is taken again (page faults, zeroing); which of glibc's settings matters most
+    here is not established. The training stages of :mod:`kd.stages` call it before their
+    first TensorFlow op: a first version that set it inside :func:`fit`, after the model was
+    built, showed no speedup in that benchmark (not kept as a file). Inference at large
+    batches did not change. Process-wide; each malloc heap may keep up to ``pad`` bytes
+    resident that it would have returned (not measured). Keras and TensorFlow have no
+    allocator setting for this; ``GLIBC_TUNABLES`` would have to be in the environment before
+    the process starts, which a library called in-process cannot arrange.
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already uses
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -761,7 +761,7 @@ def test_make_splits_on_shipped_sample(tmp_path: Path) -> None:
     assert out["seed"] == 42 and out["val_fraction"] == 0.2
     assert out["train"]["class_counts"] == [200] * 10
     assert out["validation"]["class_counts"] == [50] * 10
-    assert out["test"]["class_counts"] == [50] * 10
+    assert out["test"]["class_counts"] == [200] * 10 and out["test"]["num_examples"] == 2000
     assert out["train"]["num_examples"] + out["validation"]["num_examples"] == 2500
     sample = load_cifar10("sample")
     indices = {}

@@ -219,6 +219,11 @@ def test_paired_gain_interval_known_answer_and_limits() -> None:
     assert same["mcnemar_p"] == 1.0 and same["resolved"] is False
     wide = paired_gain_interval([0] * 400, [0] * 300 + [1] * 100, [0] * 200 + [1] * 200)
     assert wide["resolved"] is True and wide["low_points"] > 0
+    # 7 images only a gets right, 1 only b, of 2,000: the normal interval excludes 0, but
+    # McNemar's exact p = 0.07, so the gain is not called resolved.
+    few = paired_gain_interval([0] * 2000, [0] * 7 + [1] * 1993, [1] * 7 + [0] + [1] * 1992)
+    assert few["low_points"] > 0 and few["mcnemar_p"] == pytest.approx(0.0703125)
+    assert few["resolved"] is False
     c = compare_models(
         {
             "student_distilled": _result(0.6, 5, a),

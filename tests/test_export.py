@@ -46,7 +46,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model_dir = tmp_path_factory.mktemp("student")
     train_student_scratch(
         (data.x_train[:300], data.y_train[:300]),
-        (data.x_test[:100], data.y_test[:100]),
+        (data.x_test[::20], data.y_test[::20]),  # 10 per class (sorted by class)
         StudentConfig(epochs=1, batch_size=50, divergence_check_epoch=0),
         model_dir,
         log=lambda _: None,

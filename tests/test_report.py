@@ -336,5 +336,6 @@ def test_headline_says_when_the_test_images_cannot_resolve_the_kd_gain(n, resolv
     else:
         assert f"{n} test images cannot tell from zero" in re.sub("<[^>]+>", "", headline)
         assert "improved" not in headline and 'class="unresolved"' in headline
-        assert "not resolved, too few test images" in text
+        assert "not resolved on these test images" in text
     assert f"95 % interval {iv['low_points']:+.1f} to {iv['high_points']:+.1f} pts" in text
+    assert f"McNemar p = {iv['mcnemar_p']:.2g}" in text or "McNemar p < 0.001" in text

@@ -412,7 +412,15 @@ def test_pad_heap_sets_glibc_malloc_and_is_skipped_without_it(monkeypatch):
 
     from kd.train import pad_heap
 
-    if platform.libc_ver()[0] == "glibc":
-        assert pad_heap() is True
+    if platform.libc_ver()[0] == "glibc":  # in a child: the setting is process-wide
+        code = "from kd.train import pad_heap; print(pad_heap())"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]
     monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("no libc")))
+    assert pad_heap() is False
+
+    class NoMallopt:  # a C library without mallopt (macOS)
+        pass
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: NoMallopt())
     assert pad_heap() is False
