@@ -13,8 +13,8 @@ import difflib
 import json
 from typing import Any
 
-from kd.config import TARGETS as REMOTE_TARGETS
 from kd.config import (
+    GRID_KEYS,
     DistillConfig,
     EvalConfig,
     ExportConfig,
@@ -24,7 +24,9 @@ from kd.config import (
     SweepConfig,
     TeacherConfig,
     TeacherSourceConfig,
+    defaults,
 )
+from kd.config import TARGETS as REMOTE_TARGETS
 from kd.errors import ConfigError
 
 #: Where a run goes: ``local`` (kfp.local), or a remote target of ``pipeline.py submit``.
@@ -87,7 +89,19 @@ def resolve(
     for key, value in overrides.items():
         params[key] = _coerce(key, value, known[key])
     validate_params(params, target)
+    if "grid" in params:  # after the checks, which then name the points as given
+        params["grid"] = full_grid(params["grid"])
     return params
+
+
+def full_grid(grid: Any) -> Any:
+    """Each sweep grid point with every key of ``GRID_KEYS``: what a point leaves out of the
+    loss (``kd_loss`` and its options) is DistillConfig's default. Not a list of dicts: as
+    given (the checks then say what is wrong)."""
+    if not isinstance(grid, list) or not all(isinstance(p, dict) for p in grid):
+        return grid
+    base = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+    return [{**base, **point} for point in grid]
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -140,6 +154,7 @@ def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
             temperature=params["temperature"],
             alpha=params["alpha"],
             teacher_views=params["teacher_views"],
+            **{k: params[k] for k in GRID_KEYS[2:]},
         ),
         "evaluate": EvalConfig(
             batch_size=params["eval_batch_size"], latency_runs=params["latency_runs"]

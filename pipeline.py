@@ -35,6 +35,7 @@ from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
 from kd.config import (
     DEFAULT_VERTEX_ACCELERATOR,
+    GRID_KEYS,
     TARGETS,
     DistillConfig,
     EvalConfig,
@@ -119,6 +120,10 @@ def _light(task: Any, res: Resources) -> Any:
     return task
 
 
+#: The distillation loss's parameters (kd.config.DistillConfig, beside temperature and alpha).
+LOSS_FIELDS = GRID_KEYS[2:]
+
+
 def _train_args(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {f: values[f"{prefix}{f}"] for f in TRAIN_FIELDS}
 
@@ -201,6 +206,12 @@ def make_pipeline(res: Resources | None = None) -> Any:
         temperature: float = _D["temperature"],
         alpha: float = _D["alpha"],
         teacher_views: int = _D["teacher_views"],
+        kd_loss: str = _D["kd_loss"],
+        logit_standardization: bool = _D["logit_standardization"],
+        dkd_alpha: float = _D["dkd_alpha"],
+        dkd_beta: float = _D["dkd_beta"],
+        dist_beta: float = _D["dist_beta"],
+        dist_gamma: float = _D["dist_gamma"],
         eval_batch_size: int = _E["batch_size"],
         latency_runs: int = _E["latency_runs"],
         min_kd_gain: float = _G["min_kd_gain"],
@@ -212,8 +223,8 @@ def make_pipeline(res: Resources | None = None) -> Any:
         """Teacher, distilled student and scratch student on CIFAR-10, evaluated side by side.
 
         The ``student_*`` settings apply to both students (distilled and scratch) so that the
-        comparison is fair; ``temperature``, ``alpha`` and ``teacher_views`` only to
-        distillation.
+        comparison is fair; ``temperature``, ``alpha``, ``teacher_views`` and the loss
+        (``kd_loss``, ``logit_standardization`` and its weights) only to distillation.
         """
         v = dict(locals())
         split = _light(
@@ -239,6 +250,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
                 temperature=temperature,
                 alpha=alpha,
                 teacher_views=teacher_views,
+                **{k: v[k] for k in LOSS_FIELDS},
             ),
             res,
         )
@@ -330,8 +342,10 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
         student_jit_compile: bool = _ST["jit_compile"],
         teacher_views: int = _D["teacher_views"],
     ):
-        """``grid`` is a list of ``{"temperature": T, "alpha": a}``; the ``student_*``
-        settings and ``teacher_views`` apply to every branch."""
+        """``grid`` is a list of ``{"temperature": T, "alpha": a}``, each optionally with its
+        loss (``kd_loss``, ``logit_standardization`` and the weights; the compiled default
+        grid carries them all, and ``parameters.resolve`` fills in what a point leaves out);
+        the ``student_*`` settings and ``teacher_views`` apply to every branch."""
         v = dict(locals())
         split = _light(
             data_split(
@@ -354,6 +368,8 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
                     temperature=point.temperature,
                     alpha=point.alpha,
                     teacher_views=teacher_views,
+                    # Every point carries its loss: parameters.resolve fills in the defaults.
+                    **{k: getattr(point, k) for k in LOSS_FIELDS},
                 ),
                 res,
             )

@@ -889,6 +889,11 @@ def submit_from_args(args: argparse.Namespace, package_path: str) -> dict:
 
     target = opt("target") or ResourceConfig.target
     params = {key: _param_value(value) for key, value in (opt("param") or [])}
+    if "grid" in params:
+        # The sweep's loop reads every key of each grid point: fill in the loss defaults.
+        from parameters import full_grid
+
+        params["grid"] = full_grid(params["grid"])
     enable_caching = False if opt("no_cache") else None
 
     if target == "kfp":

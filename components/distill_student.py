@@ -41,14 +41,21 @@ def distill_student(
     temperature: float,
     alpha: float,
     teacher_views: int,
+    kd_loss: str,
+    logit_standardization: bool,
+    dkd_alpha: float,
+    dkd_beta: float,
+    dist_beta: float,
+    dist_gamma: float,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Distill the student of ``preset`` from the teacher (Hinton KD on logits).
+    """Distill the student of ``preset`` from the teacher (on logits).
 
-    Loss: ``alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))``, batch
-    mean; the teacher is frozen and runs in inference mode. Resumes from its last epoch on
-    retry.
+    Loss: ``alpha * CE(y, s) + (1 - alpha) * D(t, s)``, batch mean, ``D`` the soft loss of
+    ``kd_loss`` (``hinton``: ``T^2 * KL(softmax(t/T) || softmax(s/T))``; ``dkd``, ``dist``:
+    kd.distill); the teacher is frozen and runs in inference mode. Resumes from its last
+    epoch on retry.
     """
     from kd.config import DistillConfig, from_dict
     from kd.stages import distill_student as run
@@ -70,6 +77,7 @@ def distill_student(
     model.metadata.update(
         {"temperature": temperature, "alpha": alpha, "teacher_views": teacher_views}
     )
+    model.metadata["kd_loss"] = cfg.loss_label()
     who = info.get("teacher") or {}
     model.metadata.update(
         {f"teacher_{k}": who[k] for k in ("uri", "sha256", "architecture") if who.get(k)}

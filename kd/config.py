@@ -46,6 +46,19 @@ DEFAULT_VERTEX_ACCELERATOR = "T4"
 # The most augmented views per image DistillConfig.teacher_views caches: 52 bytes per view and
 # image (10 float32 logits and an (oy, ox, flip) row), 133 MB for 40,000 images at 64 views.
 MAX_TEACHER_VIEWS = 64
+#: The distillation losses (:mod:`kd.distill`): Hinton's KD, decoupled KD, DIST.
+KD_LOSSES = ("hinton", "dkd", "dist")
+#: The per-point keys a sweep grid may set (``temperature`` and ``alpha`` are required).
+GRID_KEYS = (
+    "temperature",
+    "alpha",
+    "kd_loss",
+    "logit_standardization",
+    "dkd_alpha",
+    "dkd_beta",
+    "dist_beta",
+    "dist_gamma",
+)
 
 T = TypeVar("T")
 
@@ -261,19 +274,38 @@ class StudentConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class DistillConfig(StudentConfig):
-    """Distilling the student from the teacher (Hinton et al., 2015, on logits).
+    """Distilling the student from the teacher (on logits; :mod:`kd.distill` has the formulas).
 
     Loss per batch (batch mean)::
 
-        L = alpha * CE(y, softmax(s)) + (1 - alpha) * T**2 * KL(softmax(t / T) || softmax(s / T))
+        L = alpha * CE(y, softmax(s)) + (1 - alpha) * D(t, s)
 
-    where ``s`` and ``t`` are the student's and the teacher's logits. ``alpha`` weights the
-    hard-label loss; ``1 - alpha`` weights the soft (teacher) loss. The T**2 factor keeps the
-    soft-loss gradients on the scale of the hard loss (they shrink as 1/T**2).
+    where ``s`` and ``t`` are the student's and the teacher's logits and ``D`` the
+    distillation loss ``kd_loss``; for ``hinton`` (Hinton et al., 2015, the default)
+    ``D = T**2 * KL(softmax(t / T) || softmax(s / T))``. ``alpha`` weights the hard-label loss;
+    ``1 - alpha`` weights the soft (teacher) loss. The T**2 factor keeps the soft-loss
+    gradients on the scale of the hard loss (they shrink as 1/T**2); that holds for Hinton's
+    loss and DKD, not for DIST, which T**2 only scales up once T is large (kd.distill.DIST).
+    The DKD and DIST papers add their loss to the full cross-entropy (CE + D); ``alpha`` = 0.5
+    gives that 1:1 ratio (halved), the default 0.1 weights D 9x the cross-entropy.
 
     Args:
         temperature: T > 0, softens both distributions (notebook default 5).
         alpha: weight of the hard-label cross-entropy, in [0, 1] (notebook default 0.1).
+        kd_loss: ``D``: ``hinton`` (KL of the softened distributions), ``dkd`` (decoupled KD,
+            Zhao et al., 2022: ``T**2 * (dkd_alpha * TCKD + dkd_beta * NCKD)``) or ``dist``
+            (Huang et al., 2022: ``T**2 * (dist_beta * inter + dist_gamma * intra)``, one
+            minus the Pearson correlations of the softened distributions).
+        logit_standardization: z-score each logit vector over its classes, ``(z - mean) /
+            std``, before the temperature, for the teacher and the student (Sun et al., 2024);
+            composes with ``hinton`` and ``dkd``.
+        dkd_alpha: DKD's weight of TCKD, the KL of the binary (target class, all others)
+            distributions; >= 0 (paper's default 1).
+        dkd_beta: DKD's weight of NCKD, the KL among the non-target classes; >= 0 (paper's
+            CIFAR default 8).
+        dist_beta: DIST's weight of the inter-class relation (per image, across classes); >= 0.
+        dist_gamma: DIST's weight of the intra-class relation (per class, across the batch);
+            >= 0.
         teacher_views: 0 (default) runs the teacher online, on every training batch. K >= 1
             caches the teacher instead: before training, its logits for K augmented views
             (crop + flip) of every training image are computed once (K teacher passes over
@@ -287,11 +319,48 @@ class DistillConfig(StudentConfig):
     temperature: float = 5.0
     alpha: float = 0.1
     teacher_views: int = 0
+    kd_loss: str = "hinton"
+    logit_standardization: bool = False
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    dist_beta: float = 1.0
+    dist_gamma: float = 1.0
+
+    def loss_label(self) -> str:
+        """The loss's short name (:func:`loss_label`), e.g. ``hinton`` or ``dkd(1, 8)+LS``."""
+        return loss_label(**dataclasses.asdict(self))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_float("temperature", self.temperature, 0.0, 1000.0, lo_open=True)
         _check_float("alpha", self.alpha, 0.0, 1.0)
+        _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
+        if not isinstance(self.logit_standardization, bool):
+            _fail("logit_standardization", self.logit_standardization, "must be true or false")
+        for name in ("dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma"):
+            _check_float(name, getattr(self, name), 0.0, 1000.0)
+        if self.kd_loss == "dkd" and self.dkd_alpha == 0 and self.dkd_beta == 0:
+            _fail(
+                "dkd_beta",
+                0.0,
+                "must not be 0 with dkd_alpha=0 too: both 0 leave DKD no loss; set one > 0 "
+                "(the paper: dkd_alpha=1, dkd_beta=8)",
+            )
+        if self.kd_loss == "dist" and self.dist_beta == 0 and self.dist_gamma == 0:
+            _fail(
+                "dist_gamma",
+                0.0,
+                "must not be 0 with dist_beta=0 too: both 0 leave DIST no loss; set one > 0 "
+                "(the paper's ImageNet setting: 1 and 1)",
+            )
+        if self.logit_standardization and self.kd_loss == "dist":
+            _fail(
+                "logit_standardization",
+                True,
+                "must be false with kd_loss=dist: it composes with hinton or dkd, not dist "
+                "(DIST's Pearson correlations already ignore each distribution's shift and "
+                "scale)",
+            )
         _check_int("teacher_views", self.teacher_views, 0)
         if self.teacher_views > MAX_TEACHER_VIEWS:
             _fail(
@@ -383,8 +452,31 @@ class ExportConfig:
         _check_int("calibration_images", self.calibration_images, 1)
 
 
-def _default_grid() -> list[dict[str, float]]:
-    return [{"temperature": t, "alpha": a} for t in (2.0, 4.0, 8.0) for a in (0.1, 0.5, 0.9)]
+def _default_grid() -> list[dict[str, Any]]:
+    # Every point carries the loss too (Hinton's), as the sweep pipeline reads every key.
+    loss = {"kd_loss": "hinton", "logit_standardization": False, "dkd_alpha": 1.0}
+    loss |= {"dkd_beta": 8.0, "dist_beta": 1.0, "dist_gamma": 1.0}
+    return [
+        {"temperature": t, "alpha": a, **loss} for t in (2.0, 4.0, 8.0) for a in (0.1, 0.5, 0.9)
+    ]
+
+
+def loss_label(
+    kd_loss: str = "hinton",
+    logit_standardization: bool = False,
+    dkd_alpha: float = 1.0,
+    dkd_beta: float = 8.0,
+    dist_beta: float = 1.0,
+    dist_gamma: float = 1.0,
+    **_: Any,
+) -> str:
+    """A short name of a distillation loss and its weights, e.g. ``dkd(1, 8)+LS`` (reports and
+    the sweep's table); ``**_`` takes the rest of a config dict."""
+    name = {
+        "dkd": f"dkd({dkd_alpha:g}, {dkd_beta:g})",
+        "dist": f"dist({dist_beta:g}, {dist_gamma:g})",
+    }.get(kd_loss, kd_loss)
+    return name + ("+LS" if logit_standardization else "")
 
 
 @dataclass(frozen=True)
@@ -394,21 +486,29 @@ class SweepConfig:
     Args:
         grid: the grid points, a non-empty list of ``{"temperature": T, "alpha": a}``, each
             checked as :class:`DistillConfig` checks ``temperature`` and ``alpha`` (default:
-            T in {2, 4, 8} x alpha in {0.1, 0.5, 0.9}, 9 points).
+            T in {2, 4, 8} x alpha in {0.1, 0.5, 0.9}, 9 points). A point may also set the
+            loss (``kd_loss``, ``logit_standardization`` and the loss's weights, the keys of
+            ``GRID_KEYS``); what it leaves out is DistillConfig's default
+            (``parameters.full_grid`` fills it in before a run is started or submitted).
     """
 
-    grid: list[dict[str, float]] = field(default_factory=_default_grid)
+    grid: list[dict[str, Any]] = field(default_factory=_default_grid)
 
     def __post_init__(self) -> None:
         example = '[{"temperature": 4, "alpha": 0.1}]'
         if not isinstance(self.grid, list) or not self.grid:
             _fail("grid", self.grid, f"must be a non-empty list such as {example}")
         for point in self.grid:
-            if not isinstance(point, dict) or set(point) != {"temperature", "alpha"}:
+            if (
+                not isinstance(point, dict)
+                or not {"temperature", "alpha"} <= set(point)
+                or not set(point) <= set(GRID_KEYS)
+            ):
                 _fail(
                     "grid point",
                     point,
-                    f"must have exactly the keys temperature and alpha, e.g. {example}",
+                    f"must have the keys temperature and alpha, and no others but "
+                    f"{', '.join(GRID_KEYS[2:])}, e.g. {example}",
                 )
             try:
                 _check_float("temperature", point["temperature"], 0.0, 1000.0, lo_open=True)

@@ -1,14 +1,23 @@
-"""Distillation, all of it: the loss, the distiller, the teacher-logit cache and the trainer.
+"""Distillation, all of it: the losses, the distiller, the teacher-logit cache and the trainer.
 
-Hinton knowledge distillation on logits, built on ``keras.distillation``.
+Knowledge distillation on logits, built on ``keras.distillation``.
 
 The loss, per batch (batch mean), with student logits ``s``, teacher logits ``t``, labels ``y``::
 
-    L = alpha * CE(y, softmax(s)) + (1 - alpha) * T**2 * KL(softmax(t / T) || softmax(s / T))
+    L = alpha * CE(y, softmax(s)) + (1 - alpha) * D(t, s)
 
-``alpha`` weights the hard-label cross-entropy and ``1 - alpha`` the soft (teacher) term; the
-``T**2`` factor (Hinton et al., 2015) keeps the soft-term gradients, which shrink as 1/T**2, on
-the scale of the hard term.
+``alpha`` weights the hard-label cross-entropy and ``1 - alpha`` the soft (teacher) term ``D``,
+chosen by ``DistillConfig.kd_loss`` (:func:`distillation_loss`):
+
+- ``hinton`` (default; Hinton et al., 2015): ``D = T**2 * KL(softmax(t / T) || softmax(s / T))``;
+  the ``T**2`` factor keeps the soft-term gradients, which shrink as 1/T**2, on the scale of
+  the hard term. Keras' own ``LogitsDistillation``.
+- ``dkd`` (:class:`DecoupledKD`, Zhao et al., 2022): Hinton's KL split into the target-class
+  and the non-target-class parts, each with its own weight.
+- ``dist`` (:class:`DIST`, Huang et al., 2022): one minus the Pearson correlations of the
+  softened distributions, across classes and across the batch.
+- ``logit_standardization`` (Sun et al., 2024) z-scores both logit vectors first
+  (:func:`standardize_logits`), with ``hinton`` or ``dkd``.
 
 We use Keras 3's ``keras.distillation.Distiller`` with ``LogitsDistillation``: the teacher is
 frozen (``trainable = False``) and called with ``training=False`` (no dropout, BatchNorm in
@@ -80,10 +89,13 @@ def kd_loss_reference(
     temperature: float,
     alpha: float,
     label_smoothing: float = 0.0,
+    **soft: Any,
 ) -> float:
     """The distillation loss in plain NumPy (float64), the reference the tests check against.
 
-    ``L = alpha * CE(y, s) + (1 - alpha) * T**2 * KL(softmax(t/T) || softmax(s/T))``, batch mean.
+    ``L = alpha * CE(y, s) + (1 - alpha) * D(t, s)``, batch mean, with ``D`` from
+    :func:`soft_loss_reference` (``soft``: ``kd_loss`` and its options; default Hinton's
+    ``T**2 * KL(softmax(t/T) || softmax(s/T))``).
 
     Args:
         y: integer labels, shape (N,).
@@ -92,18 +104,72 @@ def kd_loss_reference(
         temperature: T > 0.
         alpha: weight of the hard-label cross-entropy, in [0, 1].
         label_smoothing: ``eps`` of the hard loss's targets ``(1 - eps) * onehot(y) + eps / C``.
+        soft: ``kd_loss``, ``logit_standardization`` and the loss's weights.
 
     Returns:
-        The scalar loss (nats).
+        The scalar loss (nats, but for DIST's term, which is one minus correlations).
     """
     y = np.asarray(y).astype(int).ravel()
     c = np.asarray(student_logits).shape[-1]
     targets = (1.0 - label_smoothing) * np.eye(c)[y] + label_smoothing / c
     ce = -(targets * log_softmax(student_logits)).sum(axis=-1).mean()
-    log_p = log_softmax(np.asarray(teacher_logits) / temperature)
-    log_q = log_softmax(np.asarray(student_logits) / temperature)
-    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1).mean()
-    return float(alpha * ce + (1.0 - alpha) * temperature**2 * kl)
+    d = soft_loss_reference(y, student_logits, teacher_logits, temperature, **soft)
+    return float(alpha * ce + (1.0 - alpha) * d)
+
+
+def _standardize_np(z: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    return (z - z.mean(axis=-1, keepdims=True)) / (z.std(axis=-1, keepdims=True) + eps)
+
+
+def _pearson_rows_np(a: np.ndarray, b: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + eps)
+
+
+def soft_loss_reference(
+    y: np.ndarray,
+    student_logits: np.ndarray,
+    teacher_logits: np.ndarray,
+    temperature: float,
+    kd_loss: str = "hinton",
+    *,
+    logit_standardization: bool = False,
+    dkd_alpha: float = 1.0,
+    dkd_beta: float = 8.0,
+    dist_beta: float = 1.0,
+    dist_gamma: float = 1.0,
+) -> float:
+    """The soft term ``D(t, s)`` of each ``kd_loss`` in plain NumPy (float64), batch mean: the
+    reference the tests check the Keras losses against. Formulas: the classes' docstrings."""
+    y = np.asarray(y).astype(int).ravel()
+    t, s = np.asarray(teacher_logits, np.float64), np.asarray(student_logits, np.float64)
+    if logit_standardization:
+        t, s = _standardize_np(t), _standardize_np(s)
+    tt, ss = t / temperature, s / temperature
+    if kd_loss == "hinton":
+        log_p, log_q = log_softmax(tt), log_softmax(ss)
+        return float(temperature**2 * (np.exp(log_p) * (log_p - log_q)).sum(axis=-1).mean())
+    if kd_loss == "dkd":
+        n, c = t.shape
+        p, q = np.exp(log_softmax(tt)), np.exp(log_softmax(ss))
+        gt = np.eye(c, dtype=bool)[y]
+        bp = np.stack([p[gt], 1 - p[gt]], axis=1)
+        bq = np.stack([q[gt], 1 - q[gt]], axis=1)
+        tckd = (bp * (np.log(bp) - np.log(bq))).sum(axis=1)
+        others = ~gt
+        pt = tt[others].reshape(n, c - 1)  # the non-target logits, in class order
+        st = ss[others].reshape(n, c - 1)
+        log_p2, log_q2 = log_softmax(pt), log_softmax(st)
+        nckd = (np.exp(log_p2) * (log_p2 - log_q2)).sum(axis=1)
+        return float(temperature**2 * (dkd_alpha * tckd + dkd_beta * nckd).mean())
+    if kd_loss == "dist":
+        p, q = np.exp(log_softmax(tt)), np.exp(log_softmax(ss))
+        inter = 1.0 - _pearson_rows_np(q, p).mean()
+        intra = 1.0 - _pearson_rows_np(q.T, p.T).mean()
+        return float(temperature**2 * (dist_beta * inter + dist_gamma * intra))
+    raise ValueError(f"unknown kd_loss {kd_loss!r}")
 
 
 def check_compatible(teacher: Any, student: Any) -> None:
@@ -122,8 +188,186 @@ def check_compatible(teacher: Any, student: Any) -> None:
         )
 
 
+def standardize_logits(z: Any, eps: float = 1e-7) -> Any:
+    """Logit standardization (Sun et al., CVPR 2024, "Logit Standardization in Knowledge
+    Distillation"): ``(z - mean(z)) / (std(z) + eps)`` over the classes of each row.
+
+    It removes each logit vector's shift and scale, so the student matches the teacher's
+    logit *relations* rather than their magnitude (a small student need not reach a large
+    teacher's logit range). ``std`` is the population one; the paper's code takes PyTorch's
+    unbiased one, so its z-scores are ``sqrt((C - 1) / C)`` of these: the same softmax as
+    this at a T about 5 % higher for C = 10 (and a T**2 factor about 11 % lower). Float32.
+    """
+    z = keras.ops.cast(z, "float32")
+    mean = keras.ops.mean(z, axis=-1, keepdims=True)
+    std = keras.ops.std(z, axis=-1, keepdims=True)
+    return (z - mean) / (std + eps)
+
+
+class StandardizedLogitsDistillation(keras.distillation.LogitsDistillation):
+    """Hinton's loss on standardized logits: Keras' ``LogitsDistillation`` (with a
+    ``KLDivergence`` instance, so ``T**2 * KL(softmax(t'/T) || softmax(s'/T))``) applied to
+    ``t' = standardize_logits(t)`` and ``s' = standardize_logits(s)``."""
+
+    def compute_loss(self, teacher_outputs: Any, student_outputs: Any, **kwargs: Any) -> Any:
+        return super().compute_loss(
+            standardize_logits(teacher_outputs), standardize_logits(student_outputs)
+        )
+
+
+class DecoupledKD(keras.distillation.DistillationLoss):
+    """Decoupled knowledge distillation (Zhao et al., CVPR 2022, "Decoupled Knowledge
+    Distillation"), batch mean, with ``p = softmax(z / T)`` and ``y`` the label::
+
+        b = (p_y, 1 - p_y)                     the target class against all the others
+        p^ = softmax of z / T over the classes other than y
+        TCKD = KL(b_t || b_s),   NCKD = KL(p^_t || p^_s)
+        DKD = T**2 * (alpha * TCKD + beta * NCKD)
+
+    Hinton's loss is ``T**2 * (TCKD + (1 - p_y of the teacher) * NCKD)``: the non-target term
+    is weighted down exactly where the teacher is confident; DKD gives it its own weight
+    ``beta`` (the paper: ``alpha = 1``, ``beta = 8`` on CIFAR-100). ``alpha`` here is DKD's,
+    not the hard loss's weight. The paper's code also ramps the loss in over its first 20
+    epochs; that is not done here (the warm-up of the learning rate is).
+
+    Written here because Keras has no such loss. It needs the batch's labels, which Keras'
+    ``Distiller`` does not hand to its losses: :class:`Distiller` sets :attr:`labels` for
+    each step. With ``standardize`` the logits are z-scored first (:func:`standardize_logits`).
+    """
+
+    def __init__(
+        self, temperature: float, alpha: float, beta: float, standardize: bool = False
+    ) -> None:
+        self.temperature, self.alpha, self.beta = float(temperature), float(alpha), float(beta)
+        self.standardize = standardize
+        self.labels: Any = None
+
+    def compute_loss(self, teacher_outputs: Any, student_outputs: Any, **kwargs: Any) -> Any:
+        ops = keras.ops
+        if self.labels is None:
+            raise ValueError("DecoupledKD needs the batch's labels: use kd.distill.Distiller")
+        t = ops.cast(teacher_outputs, "float32")
+        s = ops.cast(student_outputs, "float32")
+        if self.standardize:
+            t, s = standardize_logits(t), standardize_logits(s)
+        t, s = t / self.temperature, s / self.temperature
+        labels = ops.reshape(ops.cast(self.labels, "int32"), (-1,))
+        gt = ops.one_hot(labels, ops.shape(t)[-1], dtype="float32")
+        p, q = ops.softmax(t, axis=-1), ops.softmax(s, axis=-1)
+
+        def binary(probs: Any) -> Any:
+            # Both parts summed (not 1 - target: float32 loses a confident student's rest).
+            target = ops.sum(probs * gt, axis=-1)
+            rest = ops.sum(probs * (1.0 - gt), axis=-1)
+            return ops.clip(ops.stack([target, rest], axis=-1), 1e-7, 1.0)
+
+        bp, bq = binary(p), binary(q)
+        tckd = ops.sum(bp * (ops.log(bp) - ops.log(bq)), axis=-1)
+        # The target class out of both softmaxes (a logit of -1e9: its exp is 0 in float32,
+        # whatever T; the paper's code subtracts 1000, which a small T can outgrow).
+        masked = gt > 0.5
+        log_p2 = ops.log_softmax(ops.where(masked, -1e9, t), axis=-1)
+        log_q2 = ops.log_softmax(ops.where(masked, -1e9, s), axis=-1)
+        nckd = ops.sum(ops.exp(log_p2) * (log_p2 - log_q2), axis=-1)
+        return self.temperature**2 * ops.mean(self.alpha * tckd + self.beta * nckd)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "standardize": self.standardize,
+        }
+
+
+def _pearson_rows(a: Any, b: Any, eps: float = 1e-8) -> Any:
+    """Pearson's correlation of each row of ``a`` with the same row of ``b``."""
+    ops = keras.ops
+    a = a - ops.mean(a, axis=1, keepdims=True)
+    b = b - ops.mean(b, axis=1, keepdims=True)
+    norms = ops.sqrt(ops.sum(a * a, axis=1)) * ops.sqrt(ops.sum(b * b, axis=1))
+    return ops.sum(a * b, axis=1) / (norms + eps)
+
+
+class DIST(keras.distillation.DistillationLoss):
+    """DIST (Huang et al., NeurIPS 2022, "Knowledge Distillation from A Stronger Teacher"),
+    with ``P = softmax(z / T)`` the batch's (N, C) softened distributions::
+
+        inter = 1 - mean over images i of pearson(P_s[i, :], P_t[i, :])
+        intra = 1 - mean over classes j of pearson(P_s[:, j], P_t[:, j])
+        DIST = T**2 * (beta * inter + gamma * intra)
+
+    It asks the student to rank the classes as the teacher does (inter) and the images of a
+    class as the teacher does (intra), not to match the probabilities exactly, which the
+    paper finds better when the teacher is much stronger than the student. The intra term
+    depends on the batch (a correlation across its images). Written here because Keras has no
+    such loss. Pearson's eps is 1e-8, as the paper's code. Unlike Hinton's KL, the
+    correlations of ``softmax(z / T)`` stop depending on T once T is large, so the ``T**2``
+    factor (the paper's) then only scales DIST up (25x at T = 5): compare losses in a sweep
+    with that in mind, or give DIST its own T. Unitless (one minus correlations).
+    """
+
+    def __init__(self, temperature: float, beta: float, gamma: float) -> None:
+        self.temperature, self.beta, self.gamma = float(temperature), float(beta), float(gamma)
+
+    def compute_loss(self, teacher_outputs: Any, student_outputs: Any, **kwargs: Any) -> Any:
+        ops = keras.ops
+        p = ops.softmax(ops.cast(teacher_outputs, "float32") / self.temperature, axis=-1)
+        q = ops.softmax(ops.cast(student_outputs, "float32") / self.temperature, axis=-1)
+        inter = 1.0 - ops.mean(_pearson_rows(q, p))
+        intra = 1.0 - ops.mean(_pearson_rows(ops.transpose(q), ops.transpose(p)))
+        return self.temperature**2 * (self.beta * inter + self.gamma * intra)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "beta": self.beta, "gamma": self.gamma}
+
+
+def distillation_loss(cfg: DistillConfig) -> Any:
+    """The ``keras.distillation`` loss of ``cfg.kd_loss`` (the soft term ``D``)."""
+    temperature = float(cfg.temperature)
+    if cfg.kd_loss == "dkd":
+        return DecoupledKD(
+            temperature, cfg.dkd_alpha, cfg.dkd_beta, standardize=cfg.logit_standardization
+        )
+    if cfg.kd_loss == "dist":
+        return DIST(temperature, cfg.dist_beta, cfg.dist_gamma)
+    cls = (
+        StandardizedLogitsDistillation
+        if cfg.logit_standardization
+        else keras.distillation.LogitsDistillation
+    )
+    # An instance, not the default "kl_divergence" string (see the module docstring).
+    return cls(temperature=temperature, loss=keras.losses.KLDivergence())
+
+
+class Distiller(keras.distillation.Distiller):
+    """Keras' ``Distiller``, which also hands each step's labels to the losses that need them
+    (:class:`DecoupledKD`): Keras 3.15's ``Distiller.compute_loss`` calls each loss's
+    ``compute_loss(teacher_outputs, student_outputs)`` without them. Nothing else differs."""
+
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        training: bool = True,
+    ) -> Any:
+        needs = [d for d in self.distillation_losses if isinstance(d, DecoupledKD)]
+        for d in needs:
+            d.labels = y
+        try:
+            return super().compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+            )
+        finally:
+            for d in needs:
+                d.labels = None
+
+
 def make_distiller(teacher: Any, student: Any, cfg: DistillConfig) -> Any:
-    """A ``keras.distillation.Distiller`` computing the loss in this module's docstring.
+    """A :class:`Distiller` (Keras' ``Distiller``) computing the loss in this module's
+    docstring, with the soft term of ``cfg.kd_loss`` (:func:`distillation_loss`).
 
     Args:
         teacher: the trained teacher (frozen here: ``trainable = False``).
@@ -135,12 +379,10 @@ def make_distiller(teacher: Any, student: Any, cfg: DistillConfig) -> Any:
     """
     check_compatible(teacher, student)
     teacher.trainable = False
-    return keras.distillation.Distiller(
+    return Distiller(
         teacher=teacher,
         student=student,
-        distillation_losses=keras.distillation.LogitsDistillation(
-            temperature=float(cfg.temperature), loss=keras.losses.KLDivergence()
-        ),
+        distillation_losses=distillation_loss(cfg),
         student_loss_weight=float(cfg.alpha),
     )
 
@@ -177,11 +419,37 @@ class TeacherViews:
 
     augment: np.ndarray
     logits: np.ndarray
+    # The teacher's logits do not depend on the flip (:func:`flip_invariant`): the rows hold
+    # flip 0, and :class:`kd.train.BatchSequence` draws each use's flip afresh.
+    flip_free: bool = False
 
     @property
     def count(self) -> int:
         """K, the views per image."""
         return int(self.augment.shape[1])
+
+
+def flip_invariant(teacher: Any, x: np.ndarray, *, probe: int = 32, pad: int = 4) -> bool:
+    """Whether the teacher's logits for an image and for its mirror image are the same.
+
+    True for a teacher wrapped in flip test-time augmentation (:func:`kd.models.flip_tta`, the
+    shipped teacher: ``(f(v) + f(mirror v)) / 2`` is the same for ``v`` and ``mirror v``);
+    false for almost any other net. Measured, not read off the architecture: the teacher's
+    inference-mode logits on the first ``probe`` images and on their mirrors agree to within
+    ``1e-4 * (1 + max |logit|)``. Cost: two forward passes over ``probe`` images.
+    """
+    xs = x[:probe]
+    if len(xs) == 0:
+        return False
+    rows = identity_augmentation(len(xs), pad)
+    mirrored = rows.copy()
+    mirrored[:, 2] = 1
+    forward = training_model(teacher, pad)
+    a = np.asarray(forward.predict({IMAGE_KEY: xs, AUGMENT_KEY: rows}, verbose=0), np.float64)
+    b = np.asarray(forward.predict({IMAGE_KEY: xs, AUGMENT_KEY: mirrored}, verbose=0), np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return False
+    return bool(np.abs(a - b).max() <= 1e-4 * (1.0 + np.abs(a).max()))
 
 
 def cache_teacher_views(
@@ -200,6 +468,11 @@ def cache_teacher_views(
     behind the same :class:`CropFlip` as in online distillation, in batches of
     :func:`eval_batch_size`. Cost: ``views`` forward passes over ``x``.
 
+    A flip-invariant teacher (:func:`flip_invariant`, e.g. the shipped flip-TTA teacher) gives
+    the same logits for a crop and its mirror, so each view is cached as its crop alone (flip
+    0) and marked ``flip_free``: training then draws the flip of every use afresh, and each
+    cached crop serves both flips at no extra teacher pass (2K distinct views for K passes).
+
     Args:
         teacher: the trained teacher (a plain model, uint8 images in, logits out).
         x: uint8 (N, 32, 32, 3) images.
@@ -214,10 +487,15 @@ def cache_teacher_views(
             "no cache: distill with the online teacher)"
         )
     n = len(x)
+    flip_free = False
     if augment:
         rows = [
             draw_augmentation(np.random.default_rng([seed, k, 0, 3]), n, pad) for k in range(views)
         ]
+        flip_free = flip_invariant(teacher, x, pad=pad)
+        if flip_free:
+            for r in rows:
+                r[:, 2] = 0
     else:
         rows = [identity_augmentation(n, pad)] * views
     forward = training_model(teacher, pad)
@@ -227,7 +505,7 @@ def cache_teacher_views(
             {IMAGE_KEY: x, AUGMENT_KEY: rows[k]}, batch_size=eval_batch_size(n), verbose=0
         )
         logits[:, k] = np.asarray(out, np.float32)
-    return TeacherViews(np.stack(rows, axis=1), logits)
+    return TeacherViews(np.stack(rows, axis=1), logits, flip_free=flip_free)
 
 
 def weights_fingerprint(model: Any) -> str:
@@ -283,7 +561,8 @@ def distill_student(
     validation loss and accuracy of the student are tracked every epoch. With
     ``cfg.teacher_views`` = K the teacher's logits are cached first (:func:`cache_teacher_views`:
     K views of the training split, the validation split as it is), and training reads them;
-    ``info.json`` then records ``teacher_cache_s``, the caching's wall time (s).
+    ``info.json`` then records ``teacher_cache_s``, the caching's wall time (s), and
+    ``teacher_flip_invariant`` (whether each cached crop served both flips).
     ``teacher_info`` (:func:`kd.teacher.teacher_identity`) is recorded as ``info["teacher"]``:
     which teacher taught this student.
     """
@@ -321,9 +600,13 @@ def distill_student(
             cache_teacher_views(teacher, val[0], 1, seed=cfg.seed, augment=False),
         )
         extra["teacher_cache_s"] = time.perf_counter() - t0
+        extra["teacher_flip_invariant"] = views[0].flip_free
+        flips = (
+            " (the teacher is flip-invariant: each serves both flips)" if views[0].flip_free else ""
+        )
         log(
             f"[distill_student] cached the teacher's logits for {cfg.teacher_views} view(s) of "
-            f"{len(train[0])} training images and the validation split "
+            f"{len(train[0])} training images{flips} and the validation split "
             f"({extra['teacher_cache_s']:.1f} s)"
         )
     history = fit(

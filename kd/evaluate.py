@@ -410,15 +410,30 @@ def machine_info() -> dict[str, Any]:
     """Where a speed measurement ran: host, CPU, Keras backend and GPU (if any).
 
     Returns:
-        ``{"node", "processor", "platform", "cpu_count", "python", "keras_backend",
-        "keras_version", "gpu"}``; ``gpu`` is the first GPU's name or ``None``.
+        ``{"node", "processor", "cpu_model", "cpu_avx512", "platform", "cpu_count", "python",
+        "keras_backend", "keras_version", "gpu"}``; ``cpu_model`` is ``/proc/cpuinfo``'s
+        model name (``None`` where it cannot be read), ``cpu_avx512`` whether the CPU has
+        AVX-512 (TensorFlow's kernels then differ, and so do the trained weights' digits);
+        ``gpu`` is the first GPU's name or ``None``.
     """
     import keras
 
     backend = keras.backend.backend()
+    cpu_model, avx512 = None, None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        names = [
+            line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line
+        ]
+        cpu_model = names[0] if names else None
+        avx512 = "avx512f" in text
+    except OSError:
+        pass
     info: dict[str, Any] = {
         "node": platform.node(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model,
+        "cpu_avx512": avx512,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),

@@ -1,20 +1,24 @@
-"""Temperature x alpha sweep: pick the best distilled student by validation accuracy.
+"""Temperature x alpha (x loss) sweep: pick the best distilled student by validation accuracy.
 
-The sweep pipeline distills one student per grid point (T, alpha) on its own node, then this
-module chooses among them by **validation** accuracy (the best epoch's, recorded by training),
-never by test accuracy, so the test set stays an unbiased estimate. Only the chosen student is
-evaluated on the test set. The heatmap shows validation accuracy over T and alpha.
+The sweep pipeline distills one student per grid point (T, alpha, and the distillation loss
+with its weights) on its own node, then this module chooses among them by **validation**
+accuracy (the best epoch's, recorded by training), never by test accuracy, so the test set
+stays an unbiased estimate. Only the chosen student is evaluated on the test set. The heatmap
+shows validation accuracy over T (one row per loss and T when the grid has several losses)
+and alpha.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kd.config import loss_label
 from kd.errors import ArtifactError
 from kd.model_folder import INFO_FILE
 from kd.storage import atomic_path, write_text_atomic
@@ -26,7 +30,8 @@ def grid_points(temperatures: list[float], alphas: list[float]) -> list[dict[str
 
 
 def read_candidates(model_dirs: list[str]) -> list[dict[str, Any]]:
-    """``info.json`` of each distilled student: its T, alpha and best validation accuracy."""
+    """``info.json`` of each distilled student: its T, alpha, loss (:func:`kd.config.loss_label`)
+    and best validation accuracy."""
     out = []
     for d in model_dirs:
         info_path = Path(d) / INFO_FILE
@@ -44,6 +49,7 @@ def read_candidates(model_dirs: list[str]) -> list[dict[str, Any]]:
                 "dir": str(d),
                 "temperature": float(cfg["temperature"]),
                 "alpha": float(cfg["alpha"]),
+                "loss": loss_label(**cfg),
                 "val_accuracy": float(info["best_val_accuracy"]),
             }
         )
@@ -53,34 +59,50 @@ def read_candidates(model_dirs: list[str]) -> list[dict[str, Any]]:
 
 
 def choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The candidate with the best validation accuracy (ties: lower T, then lower alpha)."""
-    return sorted(candidates, key=lambda c: (-c["val_accuracy"], c["temperature"], c["alpha"]))[0]
+    """The candidate with the best validation accuracy (ties: lower T, then lower alpha, then
+    the loss's name)."""
+    return sorted(
+        candidates,
+        key=lambda c: (-c["val_accuracy"], c["temperature"], c["alpha"], c.get("loss", "")),
+    )[0]
+
+
+def _row(c: dict[str, Any]) -> tuple[str, float]:
+    return (c.get("loss", "hinton"), c["temperature"])
+
+
+def _order(c: dict[str, Any]) -> tuple[str, float, float]:
+    return (c.get("loss", "hinton"), c["temperature"], c["alpha"])
 
 
 def plot_heatmap(candidates: list[dict[str, Any]], chosen: dict[str, Any], path: Path) -> Path:
-    """Validation accuracy (%) over temperature (rows) and alpha (columns), chosen cell boxed."""
+    """Validation accuracy (%) over temperature (rows; loss and temperature when the grid has
+    several losses) and alpha (columns), chosen cell boxed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    temps = sorted({c["temperature"] for c in candidates})
+    temps = sorted({_row(c) for c in candidates})
     alphas = sorted({c["alpha"] for c in candidates})
     grid = np.full((len(temps), len(alphas)), np.nan)
     for c in candidates:
-        grid[temps.index(c["temperature"]), alphas.index(c["alpha"])] = 100 * c["val_accuracy"]
+        grid[temps.index(_row(c)), alphas.index(c["alpha"])] = 100 * c["val_accuracy"]
+    several = len({loss for loss, _ in temps}) > 1
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(alphas), 1.2 + 0.9 * len(temps)))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     for i in range(len(temps)):
         for j in range(len(alphas)):
             if not np.isnan(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white")
-    ci, cj = temps.index(chosen["temperature"]), alphas.index(chosen["alpha"])
+    ci, cj = temps.index(_row(chosen)), alphas.index(chosen["alpha"])
     ax.add_patch(plt.Rectangle((cj - 0.5, ci - 0.5), 1, 1, fill=False, ec="red", lw=3))
     ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
-    ax.set_yticks(range(len(temps)), [f"{t:g}" for t in temps])
+    ax.set_yticks(
+        range(len(temps)), [f"{loss}, T={t:g}" if several else f"{t:g}" for loss, t in temps]
+    )
     ax.set_xlabel("alpha (weight of the hard-label loss)")
-    ax.set_ylabel("temperature T")
+    ax.set_ylabel("loss, temperature T" if several else "temperature T")
     ax.set_title("Distilled student: validation accuracy (%)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
@@ -100,31 +122,37 @@ def write_sweep_report(
     out = Path(out_dir)
     png = plot_heatmap(candidates, chosen, out / "heatmap.png")
     rows = "".join(
-        f"<tr><td>{c['temperature']:g}</td><td>{c['alpha']:g}</td>"
-        f"<td>{100 * c['val_accuracy']:.2f} %</td><td>{'chosen' if c is chosen else ''}</td></tr>"
-        for c in sorted(candidates, key=lambda c: (c["temperature"], c["alpha"]))
+        f"<tr><td>{html.escape(c.get('loss', 'hinton'))}</td><td>{c['temperature']:g}</td>"
+        f"<td>{c['alpha']:g}</td><td>{100 * c['val_accuracy']:.2f} %</td>"
+        f"<td>{'chosen' if c is chosen else ''}</td></tr>"
+        for c in sorted(candidates, key=_order)
     )
+    loss = html.escape(chosen.get("loss", "hinton"))
     img = base64.b64encode(png.read_bytes()).decode()
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>T x alpha sweep</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px}</style>"
         "</head><body><h1>Temperature x alpha sweep</h1>"
-        f"<p id='chosen'>Chosen by validation accuracy: T = {chosen['temperature']:g}, alpha = "
-        f"{chosen['alpha']:g} (validation {100 * chosen['val_accuracy']:.2f} %); its test "
+        f"<p id='chosen'>Chosen by validation accuracy: loss {loss}, T = "
+        f"{chosen['temperature']:g}, alpha = {chosen['alpha']:g} (validation "
+        f"{100 * chosen['val_accuracy']:.2f} %); its test "
         f"accuracy: <b>{100 * test_accuracy:.2f} %</b>. The test set was not used to choose.</p>"
         f"<img alt='heatmap' src='data:image/png;base64,{img}'>"
-        "<table><tr><th>T</th><th>alpha</th><th>validation accuracy</th><th></th></tr>"
+        "<table><tr><th>loss</th><th>T</th><th>alpha</th><th>validation accuracy</th>"
+        "<th></th></tr>"
         f"{rows}</table></body></html>"
     )
     write_text_atomic(out / "sweep.html", page)
     md = (
-        f"# Temperature x alpha sweep\n\nChosen by validation accuracy: T = "
-        f"{chosen['temperature']:g}, alpha = {chosen['alpha']:g} (validation "
+        f"# Temperature x alpha sweep\n\nChosen by validation accuracy: loss "
+        f"{chosen.get('loss', 'hinton')}, T = {chosen['temperature']:g}, "
+        f"alpha = {chosen['alpha']:g} (validation "
         f"{100 * chosen['val_accuracy']:.2f} %); test accuracy {100 * test_accuracy:.2f} %.\n\n"
-        "| T | alpha | validation accuracy |\n|--:|--:|--:|\n"
+        "| loss | T | alpha | validation accuracy |\n|:--|--:|--:|--:|\n"
         + "".join(
-            f"| {c['temperature']:g} | {c['alpha']:g} | {100 * c['val_accuracy']:.2f} % |\n"
-            for c in sorted(candidates, key=lambda c: (c["temperature"], c["alpha"]))
+            f"| {c.get('loss', 'hinton')} | {c['temperature']:g} | {c['alpha']:g} | "
+            f"{100 * c['val_accuracy']:.2f} % |\n"
+            for c in sorted(candidates, key=_order)
         )
     )
     write_text_atomic(out / "sweep.md", md)

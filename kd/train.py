@@ -286,7 +286,8 @@ class BatchSequence(keras.utils.PyDataset):
 
     ``views`` (cached distillation, :func:`kd.distill.cache_teacher_views`): each image's crop
     and flip come from one of its K cached views, drawn per image from ``(seed, e, i)`` (view 0
-    when K = 1), and the batch adds that view's teacher logits as ``"teacher_logits"``.
+    when K = 1), and the batch adds that view's teacher logits as ``"teacher_logits"``; with
+    ``views.flip_free`` (a flip-invariant teacher) the flip is drawn afresh per use instead.
     """
 
     def __init__(
@@ -364,9 +365,14 @@ class BatchSequence(keras.utils.PyDataset):
             k = self.views.count
             rng = np.random.default_rng([self.seed, epoch, i, 2])
             pick = rng.integers(k, size=len(idx)) if k > 1 else np.zeros(len(idx), np.intp)
+            rows = self.views.augment[idx, pick]
+            if self.views.flip_free:
+                # The teacher's logits are the same for either flip: draw it afresh.
+                rows = rows.copy()
+                rows[:, 2] = np.random.default_rng([self.seed, epoch, i, 4]).random(len(idx)) < 0.5
             return {
                 IMAGE_KEY: xb,
-                AUGMENT_KEY: self.views.augment[idx, pick],
+                AUGMENT_KEY: rows,
                 TEACHER_KEY: self.views.logits[idx, pick],
             }, yb
         if self.augment:

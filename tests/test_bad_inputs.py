@@ -57,6 +57,8 @@ from test_data import py2_pickle  # noqa: E402  (the Python-2 style pickle write
 import submit  # noqa: E402
 from kd import stages  # noqa: E402
 from kd.config import (  # noqa: E402
+    GRID_KEYS,
+    DistillConfig,
     EvalConfig,
     SplitConfig,
     StudentConfig,
@@ -760,11 +762,15 @@ def call_train_scratch(o: Outputs, **override: Any) -> None:
     )
 
 
+# The distillation loss's parameters at DistillConfig's defaults (kd_loss and its weights).
+LOSS_DEFAULTS = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+
+
 def call_distill(o: Outputs, **override: Any) -> None:
     from components.distill_student import distill_student
 
     missing = o.root.parent / "never-read"
-    kd_values = {"temperature": 5.0, "alpha": 0.1, "teacher_views": 0}
+    kd_values = {"temperature": 5.0, "alpha": 0.1, "teacher_views": 0, **LOSS_DEFAULTS}
     kd_values.update({k: override.pop(k) for k in list(override) if k in kd_values})
     distill_student.python_func(
         teacher=_art("Model", missing / "teacher"),
@@ -844,6 +850,9 @@ HYPERPARAMETER_CASES = [
     _hp(call_distill, "alpha", -0.1, "alpha-negative"),
     _hp(call_distill, "teacher_views", -1, "teacher_views-negative"),
     _hp(call_distill, "teacher_views", 65, "teacher_views-too-many"),
+    _hp(call_distill, "kd_loss", "kl", "kd_loss-unknown"),
+    _hp(call_distill, "dkd_beta", -1.0, "dkd_beta-negative"),
+    _hp(call_distill, "dist_gamma", float("nan"), "dist_gamma-nan"),
     _hp(call_evaluate, "batch_size", 0, "eval-batch_size-0"),
     _hp(call_evaluate, "latency_runs", 0, "latency_runs-0"),
     _hp(call_evaluate, "min_kd_gain", 500.0, "min_kd_gain-out-of-range"),
@@ -1083,6 +1092,7 @@ def test_bad_teacher_model(
             temperature=5.0,
             alpha=0.1,
             teacher_views=0,
+            **LOSS_DEFAULTS,
             model=_art("Model", outputs.root / "model"),
             metrics=_art("Metrics", outputs.root / "metrics"),
         )
@@ -1315,6 +1325,16 @@ CLI_CASES = [
         ["--param", "student_augment=false", "--param", "teacher_views=4"],
         ("invalid teacher_views=4", "augment=False"),
         id="teacher-views-without-augment",
+    ),
+    pytest.param(
+        ["--param", "kd_loss=dist", "--param", "logit_standardization=true"],
+        ("invalid logit_standardization=True", "must be false with kd_loss=dist"),
+        id="logit-standardization-with-dist",
+    ),
+    pytest.param(
+        ["--param", "kd_loss=dkd", "--param", "dkd_alpha=0", "--param", "dkd_beta=0"],
+        ("invalid dkd_beta=0.0", "both 0"),
+        id="dkd-without-weights",
     ),
     pytest.param(
         ["--param", "teacher_learning_rate=NaN"],

@@ -13,7 +13,7 @@ from components.evaluate import evaluate
 from components.export_model import export_model
 from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
-from kd.config import DistillConfig, StudentConfig, TeacherConfig
+from kd.config import GRID_KEYS, DistillConfig, StudentConfig, TeacherConfig, defaults
 from kd.errors import ArtifactError
 
 TRAIN = dict(
@@ -58,6 +58,10 @@ def _evaluate_outputs(root: Path) -> dict:
     return {n: _art(cls, root, n) for n, cls in EVALUATE_OUTPUTS}
 
 
+# The distillation loss's parameters at their defaults (kd_loss and its weights).
+LOSS_DEFAULTS = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """data_split -> teacher, scratch -> distill -> evaluate -> export, on a tiny sample."""
@@ -79,7 +83,11 @@ def chain(tmp_path_factory):
         ("scratch", train_student_scratch, {}),
         # The chain's distillation caches the teacher (two views); the online teacher runs in
         # the local pipeline runs.
-        ("distilled", distill_student, {"temperature": 4.0, "alpha": 0.2, "teacher_views": 2}),
+        (
+            "distilled",
+            distill_student,
+            {"temperature": 4.0, "alpha": 0.2, "teacher_views": 2, **LOSS_DEFAULTS},
+        ),
     ):
         model, metrics = (
             _art(dsl.Model, root, f"{name}_model"),
@@ -150,6 +158,7 @@ def test_training_components_write_models_and_metrics(chain):
     assert info["config"]["teacher_views"] == 2 and info["teacher_cache_s"] > 0
     assert m["distilled_metrics"].metadata["teacher_cache_s"] == info["teacher_cache_s"]
     assert m["distilled"].metadata["teacher_views"] == 2
+    assert m["distilled"].metadata["kd_loss"] == "hinton"
     hist = json.loads((Path(m["distilled"].path) / "history.json").read_text())
     assert "val_accuracy" in hist and "distillation_loss" in hist
 
@@ -264,6 +273,13 @@ def test_component_parameters_match_the_configs():
         ("scratch", train_student_scratch, StudentConfig, {}),
         ("distilled", distill_student, DistillConfig, {"temperature": 2.5, "alpha": 0.7}),
         ("cached", distill_student, DistillConfig, {"temperature": 3.0, "teacher_views": 1}),
+        (
+            "dkd",
+            distill_student,
+            DistillConfig,
+            {"kd_loss": "dkd", "dkd_alpha": 0.5, "dkd_beta": 3.0, "logit_standardization": True},
+        ),
+        ("dist", distill_student, DistillConfig, {"kd_loss": "dist", "dist_gamma": 2.0}),
     ],
 )
 def test_each_training_component_trains_with_the_users_config(
@@ -285,7 +301,7 @@ def test_each_training_component_trains_with_the_users_config(
     monkeypatch.setattr(kd.distill, "fit", spy)
     user = {**TRAIN, "learning_rate": 0.013, "label_smoothing": 0.1, "seed": 7, "momentum": 0.8}
     if cls is DistillConfig:
-        extra = {"temperature": 5.0, "alpha": 0.1, "teacher_views": 0, **extra}
+        extra = {"temperature": 5.0, "alpha": 0.1, "teacher_views": 0, **LOSS_DEFAULTS, **extra}
     tr, va, _ = chain["data"]
     teacher = {"teacher": chain["models"]["teacher"]} if cls is DistillConfig else {}
     comp.python_func(
@@ -301,7 +317,15 @@ def test_each_training_component_trains_with_the_users_config(
     if cls is DistillConfig:
         distiller = seen["model"]
         assert distiller.student_loss_weight == pytest.approx(extra["alpha"])
-        assert distiller.distillation_losses[0].temperature == pytest.approx(extra["temperature"])
+        loss = distiller.distillation_losses[0]
+        assert loss.temperature == pytest.approx(extra["temperature"])
+        # The loss the user chose, with the user's weights.
+        kind = {"hinton": "LogitsDistillation", "dkd": "DecoupledKD", "dist": "DIST"}
+        assert kind[extra["kd_loss"]] in type(loss).__name__
+        if extra["kd_loss"] == "dkd":
+            assert (loss.alpha, loss.beta, loss.standardize) == (0.5, 3.0, True)
+        if extra["kd_loss"] == "dist":
+            assert (loss.beta, loss.gamma) == (1.0, 2.0)
 
 
 def test_evaluate_scores_each_model_as_itself(chain):

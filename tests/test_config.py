@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from kd.config import (
+    GRID_KEYS,
     DistillConfig,
     EvalConfig,
     ExportConfig,
@@ -31,6 +32,13 @@ from kd.errors import ConfigError
         (DistillConfig, {"temperature": -1.0}, "temperature"),
         (DistillConfig, {"alpha": 1.5}, "alpha"),
         (DistillConfig, {"alpha": -0.1}, "alpha"),
+        (DistillConfig, {"kd_loss": "dk"}, "kd_loss"),
+        (DistillConfig, {"dkd_beta": -1.0}, "dkd_beta"),
+        (DistillConfig, {"dist_gamma": float("inf")}, "dist_gamma"),
+        (DistillConfig, {"kd_loss": "dkd", "dkd_alpha": 0.0, "dkd_beta": 0.0}, "both 0"),
+        (DistillConfig, {"kd_loss": "dist", "dist_beta": 0.0, "dist_gamma": 0.0}, "both 0"),
+        (DistillConfig, {"kd_loss": "dist", "logit_standardization": True}, "not dist"),
+        (DistillConfig, {"logit_standardization": 1}, "logit_standardization"),
         (TeacherConfig, {"epochs": 0}, "epochs"),
         (TeacherConfig, {"batch_size": 0}, "batch_size"),
         (TeacherConfig, {"preset": "vgg99"}, "preset"),
@@ -47,6 +55,7 @@ from kd.errors import ConfigError
         (SweepConfig, {"grid": [{"temperature": 4}]}, "grid point"),
         (SweepConfig, {"grid": [{"temperature": 0, "alpha": 0.1}]}, "temperature"),
         (SweepConfig, {"grid": [{"temperature": 4, "alpha": 2}]}, "alpha"),
+        (SweepConfig, {"grid": [{"temperature": 4, "alpha": 0.1, "beta": 2}]}, "no others"),
         (ResourceConfig, {"target": "k8s"}, "target"),
         (ResourceConfig, {"gpus": -1}, "gpus"),
         (ResourceConfig, {"retries": -1}, "retries"),
@@ -76,7 +85,10 @@ def test_from_dict_refuses_unknown_fields():
 def test_the_sweep_grid_default_is_a_fresh_list_of_nine_points():
     grid = defaults(SweepConfig)["grid"]
     assert grid == SweepConfig().grid and grid is not defaults(SweepConfig)["grid"]
-    assert len(grid) == 9 and {"temperature", "alpha"} == set(grid[0])
+    assert len(grid) == 9 and set(GRID_KEYS) == set(grid[0])
+    # Every point carries DistillConfig's own loss defaults (the sweep pipeline reads them all).
+    loss = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+    assert all({k: p[k] for k in GRID_KEYS[2:]} == loss for p in grid)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from kd.config import DistillConfig
-from kd.distill import check_compatible, compile_distiller, kd_loss_reference, make_distiller
+from kd.distill import (
+    check_compatible,
+    compile_distiller,
+    kd_loss_reference,
+    make_distiller,
+    soft_loss_reference,
+)
 from kd.errors import ArtifactError
 
 RNG = np.random.default_rng(0)
@@ -22,14 +28,17 @@ def _linear(w: np.ndarray, name: str) -> keras.Model:
     return m
 
 
-def _distiller_loss(t_logits, s_logits, y, temperature, alpha, label_smoothing=0.0):
+def _distiller_loss(t_logits, s_logits, y, temperature, alpha, label_smoothing=0.0, **loss):
     """The loss the production Distiller computes, built and compiled as the distillation stage
     builds and compiles it (make_distiller, compile_distiller: its hard loss included), on
-    identity inputs (x = I) so logits are exactly the weight rows."""
+    identity inputs (x = I) so logits are exactly the weight rows. ``loss``: ``kd_loss`` and
+    its options."""
     n, c = s_logits.shape
     x = np.eye(n, dtype="float32")
     teacher, student = _linear(t_logits, "teacher"), _linear(s_logits, "student")
-    cfg = DistillConfig(temperature=temperature, alpha=alpha, label_smoothing=label_smoothing)
+    cfg = DistillConfig(
+        temperature=temperature, alpha=alpha, label_smoothing=label_smoothing, **loss
+    )
     d = compile_distiller(make_distiller(teacher, student, cfg), keras.optimizers.SGD(0.1), cfg)
     return float(d.compute_loss(x=x, y=y, y_pred=d(x), training=False))
 
@@ -124,3 +133,105 @@ def test_incompatible_teacher_is_refused():
     wide = _linear(RNG.normal(size=(9, 10)), "wide")
     with pytest.raises(ArtifactError, match="inputs of shape"):
         check_compatible(wide, student)
+
+
+LOSSES = [
+    {"kd_loss": "hinton", "logit_standardization": True},
+    {"kd_loss": "dkd"},
+    {"kd_loss": "dkd", "dkd_alpha": 0.5, "dkd_beta": 2.0, "logit_standardization": True},
+    {"kd_loss": "dist"},
+    {"kd_loss": "dist", "dist_beta": 2.0, "dist_gamma": 0.5},
+]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda d: "-".join(f"{v}" for v in d.values()))
+def test_each_distillation_loss_equals_its_reference_on_fixed_logits(loss):
+    s = RNG.normal(size=(6, 10)) * 3
+    t = RNG.normal(size=(6, 10)) * 3
+    y = RNG.integers(0, 10, 6)
+    got = _distiller_loss(t, s, y, temperature=4.0, alpha=0.3, **loss)
+    want = kd_loss_reference(y, s, t, 4.0, 0.3, **loss)
+    assert got == pytest.approx(want, rel=1e-4)
+    # Not Hinton's loss under another name.
+    assert abs(want - kd_loss_reference(y, s, t, 4.0, 0.3)) > 1e-3
+
+
+def test_dkd_hand_computed_and_hintons_loss_is_its_special_case():
+    """One image, three classes, T = 1, label 0. Teacher logits (2, 0, 0), student (0, 0, 0):
+    the non-target parts are both uniform, so NCKD = 0 and DKD = dkd_alpha * TCKD, with
+    TCKD the KL of the binary (p_0, 1 - p_0) against (1/3, 2/3)."""
+    t, s, y = np.array([[2.0, 0.0, 0.0]]), np.zeros((1, 3)), np.array([0])
+    p0 = np.exp(2.0) / (np.exp(2.0) + 2.0)
+    tckd = p0 * np.log(p0 / (1 / 3)) + (1 - p0) * np.log((1 - p0) / (2 / 3))
+    got = _distiller_loss(t, s, y, temperature=1.0, alpha=0.0, kd_loss="dkd", dkd_alpha=0.7)
+    assert got == pytest.approx(0.7 * tckd, rel=1e-5)
+    # Hinton's KL = TCKD + (1 - p_y of the teacher) * NCKD (Zhao et al., eq. 7), on one image.
+    t, s = RNG.normal(size=(1, 10)) * 2, RNG.normal(size=(1, 10)) * 2
+    y = np.array([3])
+    p_y = float(np.exp(t[0, 3] / 2) / np.exp(t[0] / 2).sum())
+    dkd = _distiller_loss(
+        t, s, y, temperature=2.0, alpha=0.0, kd_loss="dkd", dkd_alpha=1.0, dkd_beta=1 - p_y
+    )
+    assert dkd == pytest.approx(_distiller_loss(t, s, y, temperature=2.0, alpha=0.0), rel=1e-4)
+
+
+def test_dist_hand_computed():
+    """Two images, two classes, T = 1. Teacher rows favour classes 0 and 1; the student's both
+    favour class 0, so the per-image correlations are +1 and -1 (inter = 1 - 0 = 1). Per
+    class, the student's probabilities rise where the teacher's fall (correlation -1 in both
+    columns: intra = 1 - (-1) = 2). DIST = beta * 1 + gamma * 2."""
+    t = np.array([[2.0, 0.0], [0.0, 2.0]])
+    s = np.array([[1.0, 0.0], [0.0, -2.0]])
+    y = np.array([0, 1])
+    got = _distiller_loss(
+        t, s, y, temperature=1.0, alpha=0.0, kd_loss="dist", dist_beta=2.0, dist_gamma=0.5
+    )
+    assert got == pytest.approx(2.0 * 1.0 + 0.5 * 2.0, rel=1e-5)
+    assert soft_loss_reference(y, s, t, 1.0, "dist", dist_beta=2.0, dist_gamma=0.5) == (
+        pytest.approx(3.0, rel=1e-6)
+    )
+
+
+def test_the_labels_reach_dkd_in_a_training_step():
+    """DKD reads the step's labels (kd.distill.Distiller hands them over): other labels, other
+    loss; and a fit step runs (no stale labels left behind)."""
+    s, t = RNG.normal(size=(6, 10)) * 3, RNG.normal(size=(6, 10)) * 3
+    y = RNG.integers(0, 10, 6)
+    a = _distiller_loss(t, s, y, temperature=2.0, alpha=0.0, kd_loss="dkd")
+    b = _distiller_loss(t, s, (y + 1) % 10, temperature=2.0, alpha=0.0, kd_loss="dkd")
+    assert abs(a - b) > 1e-3
+    teacher, student = _linear(t, "teacher"), _linear(s, "student")
+    cfg = DistillConfig(kd_loss="dkd")
+    d = compile_distiller(make_distiller(teacher, student, cfg), keras.optimizers.SGD(0.1), cfg)
+    d.fit(np.eye(6, dtype="float32"), y, batch_size=3, epochs=1, verbose=0)
+    assert all(loss.labels is None for loss in d.distillation_losses)
+
+
+@pytest.mark.parametrize(
+    "loss", [{"kd_loss": "dkd"}, {"kd_loss": "dkd", "dkd_beta": 0.0}, {"kd_loss": "dist"}]
+)
+def test_dkd_and_dist_of_equal_logits_are_zero(loss):
+    s = RNG.normal(size=(8, 10)) * 3
+    y = RNG.integers(0, 10, 8)
+    # T**2 = 16 times float32 rounding of correlations of 1 (about 1e-6).
+    assert _distiller_loss(s, s, y, temperature=4.0, alpha=0.0, **loss) == pytest.approx(
+        0.0, abs=1e-4
+    )
+    assert _distiller_loss(s, -s, y, temperature=4.0, alpha=0.0, **loss) > 1e-2
+
+
+@pytest.mark.parametrize("kd_loss", ["hinton", "dkd"])
+def test_logit_standardization_ignores_the_students_shift_and_scale(kd_loss):
+    """With standardized logits the soft term depends on the student's logits only up to a
+    positive scale and a shift per image; without it, it does not."""
+    s, t = RNG.normal(size=(5, 10)), RNG.normal(size=(5, 10)) * 4
+    y = RNG.integers(0, 10, 5)
+    moved = 3.0 * s + RNG.normal(size=(5, 1))
+
+    def loss(student, standardize):
+        return _distiller_loss(
+            t, student, y, 2.0, alpha=0.0, kd_loss=kd_loss, logit_standardization=standardize
+        )
+
+    assert loss(moved, True) == pytest.approx(loss(s, True), rel=1e-4)
+    assert abs(loss(moved, False) - loss(s, False)) > 1e-2

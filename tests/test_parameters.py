@@ -218,3 +218,18 @@ def test_config_args_refuses_an_undocumented_parameter_and_a_stray_rename():
         config_args(SplitConfig, rename={"split_seed": "seed", "seed_of_split": "seed"})(split)
     documented = config_args(SplitConfig, rename={"split_seed": "seed"})(split)
     assert f"split_seed: {field_docs(SplitConfig)['seed']}" in documented.__doc__
+
+
+def test_each_sweep_grid_point_gets_the_loss_defaults_it_leaves_out():
+    """The sweep's loop body reads every GRID_KEYS key of each point: resolve fills in
+    DistillConfig's defaults and keeps what the point sets."""
+    from kd.config import GRID_KEYS, DistillConfig, defaults
+
+    grid = [{"temperature": 4, "alpha": 0.1}, {"temperature": 2, "alpha": 0.5, "kd_loss": "dist"}]
+    params = parameters.resolve({"grid": grid}, "sweep")
+    loss = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+    assert params["grid"] == [
+        {"temperature": 4, "alpha": 0.1, **loss},
+        {"temperature": 2, "alpha": 0.5, **loss, "kd_loss": "dist"},
+    ]
+    assert grid[0] == {"temperature": 4, "alpha": 0.1}  # the caller's list is not changed

@@ -9,7 +9,14 @@ import yaml
 
 import pipeline
 from components.image import IMAGE
-from kd.config import DistillConfig, StudentConfig, SweepConfig, TeacherConfig, field_docs
+from kd.config import (
+    GRID_KEYS,
+    DistillConfig,
+    StudentConfig,
+    SweepConfig,
+    TeacherConfig,
+    field_docs,
+)
 
 STAGES = {"data-split", "train-teacher", "train-student-scratch", "distill-student", "evaluate"}
 TRAINING = {"train-teacher", "train-student-scratch", "distill-student"}
@@ -202,8 +209,12 @@ def test_sweep_fans_out_over_the_grid_and_collects(tmp_path):
         res_spec = spec["deploymentSpec"]["executors"][label]["container"]["resources"]
         assert res_spec["accelerator"]["resourceType"] == kind
         grid = spec["root"]["inputDefinitions"]["parameters"]["grid"]["defaultValue"]
-        assert len(grid) == 9 and {"temperature", "alpha"} == set(grid[0])
+        assert len(grid) == 9 and set(GRID_KEYS) == set(grid[0])
         assert grid == SweepConfig().grid
+        # Each branch takes its loss, as its T and alpha, from its grid point.
+        branch_params = body["distill-student"]["inputs"]["parameters"]
+        for key in GRID_KEYS:
+            assert f'["{key}"]' in branch_params[key]["parameterExpressionSelector"], key
 
 
 def test_training_parameter_descriptions_are_the_config_field_docs(tmp_path):

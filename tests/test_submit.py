@@ -254,6 +254,25 @@ def test_submit_from_args_kfp_reads_token_from_env_and_prints_one_line(
     assert result["target"] == "kfp"
 
 
+def test_a_sweep_grid_is_submitted_with_every_key_its_loop_reads(
+    package: str, kfp_server: FakeKFPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid point that leaves out the loss is sent with DistillConfig's defaults filled in:
+    the compiled sweep's loop body reads point.kd_loss (and the rest) of every point."""
+    from kd.config import GRID_KEYS, DistillConfig, defaults
+
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    grid = '[{"temperature": 4, "alpha": 0.1}, {"temperature": 2, "alpha": 0.5, "kd_loss": "dkd"}]'
+    args = _parser().parse_args(["--host", kfp_server.url, "--param", f"grid={grid}"])
+    submit.submit_from_args(args, package)
+    sent = kfp_server.last("POST", "/apis/v2beta1/runs").json["runtime_config"]["parameters"]
+    loss = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+    assert sent["grid"] == [
+        {"temperature": 4, "alpha": 0.1, **loss},
+        {"temperature": 2, "alpha": 0.5, **loss, "kd_loss": "dkd"},
+    ]
+
+
 def test_kfp_connection_refused_is_one_clear_line(package: str, no_kfp_context: None) -> None:
     host = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(SubmitError) as excinfo:

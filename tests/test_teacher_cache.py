@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from kd.config import MAX_TEACHER_VIEWS, DistillConfig
-from kd.distill import cache_teacher_views, distill_student, distill_trainer
+from kd.distill import cache_teacher_views, distill_student, distill_trainer, flip_invariant
 from kd.errors import ArtifactError, ConfigError
 from kd.model_folder import INFO_FILE
-from kd.models import build_model
+from kd.models import build_model, flip_tta
 from kd.train import (
     AUGMENT_KEY,
     IMAGE_KEY,
@@ -86,6 +86,46 @@ def test_each_batch_trains_on_one_cached_view_per_image_with_its_logits():
     assert len(used) > 60
     # Pure in (seed, epoch, index), as without a cache (resume depends on it).
     a, b = seq.batch(2, 1), seq.batch(2, 1)
+    np.testing.assert_array_equal(a[0][AUGMENT_KEY], b[0][AUGMENT_KEY])
+
+
+def test_a_flip_invariant_teacher_is_measured_so():
+    x, _ = _data(16)
+    plain = _teacher()
+    assert not flip_invariant(plain, x)
+    assert flip_invariant(flip_tta(plain), x)
+    assert not flip_invariant(flip_tta(plain), x[:0])
+
+
+def test_a_flip_tta_teachers_cached_crops_serve_both_flips_with_their_true_logits():
+    """With a flip-invariant teacher each cached crop is stored once (flip 0) and the batches
+    draw the flip afresh: the logits in a batch are still the teacher's for exactly the image
+    the student sees, and both flips of a crop are used."""
+    x, y = _data(40)
+    teacher = flip_tta(_teacher())
+    views = cache_teacher_views(teacher, x, 2, seed=0)
+    assert views.flip_free and (views.augment[:, :, 2] == 0).all()
+    # Not flip-free for a teacher that is not flip-invariant, nor without augmentation.
+    assert not cache_teacher_views(_teacher(), x, 2, seed=0).flip_free
+    assert not cache_teacher_views(teacher, x, 1, seed=0, augment=False).flip_free
+    seq = BatchSequence(x, y, 8, seed=5, shuffle=True, augment=True, views=views)
+    seen: set[tuple[int, int, int]] = set()
+    for epoch in range(4):
+        for i in range(len(seq)):
+            inputs, _ = seq.batch(epoch, i)
+            rows = inputs[AUGMENT_KEY]
+            # The teacher's logits of the very views in the batch, flip included.
+            np.testing.assert_allclose(
+                inputs[TEACHER_KEY], _logits(teacher, inputs[IMAGE_KEY], rows), rtol=1e-4, atol=1e-4
+            )
+            for image, row in zip(inputs[IMAGE_KEY], rows, strict=True):
+                n = int(np.flatnonzero((x == image).all(axis=(1, 2, 3)))[0])
+                k = [j for j in range(2) if (views.augment[n, j, :2] == row[:2]).all()]
+                assert k, "the batch's crop is not one of the image's cached crops"
+                seen.add((n, k[0], int(row[2])))
+    flips = {(n, k) for n, k, f in seen if (n, k, 1 - f) in seen}
+    assert len(flips) > 20, "cached crops should be used with both flips"
+    a, b = seq.batch(3, 2), seq.batch(3, 2)
     np.testing.assert_array_equal(a[0][AUGMENT_KEY], b[0][AUGMENT_KEY])
 
 

@@ -262,7 +262,9 @@ def _kill_after_epochs(args: list[str], history: Path, epochs: int, env: dict) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["teacher", "scratch", "distill", "distill-cached"])
+@pytest.mark.parametrize(
+    "stage", ["teacher", "scratch", "distill", "distill-cached", "distill-dkd-cached"]
+)
 def test_resume_after_kill_matches_uninterrupted_run(stage, tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     extra: list[str] = []

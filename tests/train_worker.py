@@ -2,7 +2,8 @@
 
     python tests/train_worker.py STAGE OUT_DIR [TEACHER_DIR]
 
-STAGE is teacher, scratch, distill or distill-cached (3 cached teacher views). Trains on the
+STAGE is teacher, scratch, distill, distill-cached (3 cached teacher views) or
+distill-dkd-cached (the same with decoupled KD on standardized logits). Trains on the
 first 400 images of the shipped sample (4 epochs, batch 50), so an epoch takes a second or two
 on a CPU.
 """
@@ -37,6 +38,11 @@ def main() -> None:
         # A resumed run caches the teacher again: it must get the same views.
         teacher = load_model(sys.argv[3])
         distill_student(teacher, train, val, DistillConfig(teacher_views=3, **common), out)
+    elif stage == "distill-dkd-cached":
+        # Another loss (decoupled KD on standardized logits, which reads the labels) resumes too.
+        teacher = load_model(sys.argv[3])
+        cfg = DistillConfig(teacher_views=3, kd_loss="dkd", logit_standardization=True, **common)
+        distill_student(teacher, train, val, cfg, out)
     else:
         raise SystemExit(f"unknown stage {stage}")
 
