@@ -14,7 +14,8 @@ from kd.config import ExportConfig
     student="the distilled student that passed the gate.",
     train="the training Dataset (the int8 calibration images come from it).",
     test="the test Dataset; the SavedModel must reproduce the Keras predictions on it.",
-    blessed="the serving model folder (saved_model/, model.keras, export.json).",
+    blessed="the serving model: a SavedModel at its root (Vertex AI) and in "
+    "serving/kd_student/1/ (TF Serving, KServe); model.keras, export.json.",
     edge="TFLite models (model_float32.tflite, model_int8.tflite, tflite.json).",
     edge_metrics="size (bytes), test accuracy, drop vs Keras (points), latency (ms).",
 )

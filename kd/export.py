@@ -1,8 +1,18 @@
 """Serving exports of a trained model.
 
-- ``saved_model/``: a TensorFlow SavedModel with a ``serving_default`` signature taking
-  float32 images (N, 32, 32, 3) in 0-255 and returning the 10 logits (what Vertex AI
-  Prediction and TF Serving load). Needs the TensorFlow backend.
+A TensorFlow SavedModel with a ``serving_default`` signature taking float32 images
+(N, 32, 32, 3) in 0-255 and returning the 10 logits, in the two layouts servers load (needs
+the TensorFlow backend):
+
+- **at the folder's root** (``saved_model.pb``, ``variables/``, ...): what Vertex AI's
+  prebuilt TensorFlow serving containers take as the artifact URI of a model upload;
+- **``serving/NAME/1/``**: TF Serving's and KServe's layout, a model base path
+  (``serving/NAME``) holding numbered versions: ``tensorflow_model_server
+  --model_name=NAME --model_base_path=.../serving/NAME`` or a KServe ``InferenceService``
+  with ``storageUri`` there. ``NAME`` is :data:`SERVING_NAME`.
+
+Beside them:
+
 - ``model.keras``: the Keras model file itself (load with ``safe_mode=True``).
 - ``export.json``: what was exported, sizes in bytes, and the check that the SavedModel's
   signature reproduces the Keras model's logits on the given images.
@@ -33,8 +43,17 @@ import numpy as np
 from kd.errors import ArtifactError
 from kd.storage import atomic_path, write_text_atomic
 
-SAVED_MODEL_DIR = "saved_model"
 SIGNATURE = "serving_default"
+#: The model name of the TF Serving / KServe layout ``serving/NAME/1/``.
+SERVING_NAME = "kd_student"
+SERVING_VERSION = 1
+
+
+def serving_layouts(out_dir: str | Path) -> dict[str, Path]:
+    """Where :func:`export_serving` writes each SavedModel layout under ``out_dir``:
+    ``vertex`` (the folder itself) and ``tf_serving`` (``serving/NAME/1``)."""
+    out = Path(out_dir)
+    return {"vertex": out, "tf_serving": out / "serving" / SERVING_NAME / str(SERVING_VERSION)}
 
 
 def _size(path: Path) -> int:
@@ -72,7 +91,8 @@ def export_serving(
 
     Args:
         model_dir: a model folder written by a training stage (or a ``.keras`` file).
-        out_dir: the export folder (``saved_model/``, ``model.keras``, ``export.json``).
+        out_dir: the export folder: the SavedModel at its root and in ``serving/NAME/1/``,
+            ``model.keras``, ``export.json``.
         check_images: images to compare the SavedModel's logits with the Keras model's.
 
     Returns:
@@ -92,24 +112,38 @@ def export_serving(
     model = load_model(keras_file)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / SAVED_MODEL_DIR) as tmp:
+    layouts = serving_layouts(out)
+    # Exported once, into the versioned layout; its entries then copied to the root.
+    with atomic_path(layouts["tf_serving"]) as tmp:
         model.export(str(tmp), format="tf_saved_model", verbose=False)
+    for entry in sorted(layouts["tf_serving"].iterdir()):
+        with atomic_path(out / entry.name) as tmp:
+            if entry.is_dir():
+                shutil.copytree(entry, tmp)
+            else:
+                shutil.copyfile(entry, tmp)
     with atomic_path(out / MODEL_FILE) as tmp:
         shutil.copyfile(keras_file, tmp)
+    versioned = layouts["tf_serving"].relative_to(out).as_posix()
     info: dict[str, Any] = {
-        "saved_model": SAVED_MODEL_DIR,
+        "saved_model": {"vertex": ".", "tf_serving": versioned},
+        "serving_name": SERVING_NAME,
         "signature": SIGNATURE,
         "input": "float32 (N, 32, 32, 3), RGB 0-255",
         "output": "float32 (N, 10) logits",
-        "saved_model_bytes": _size(out / SAVED_MODEL_DIR),
+        "saved_model_bytes": _size(layouts["tf_serving"]),
         "keras_bytes": _size(out / MODEL_FILE),
     }
     if check_images is not None and len(check_images):
         ref = np.asarray(model.predict(check_images.astype(np.float32), verbose=0))
-        got = saved_model_logits(out / SAVED_MODEL_DIR, check_images)
+        diffs, same = [], True
+        for path in layouts.values():  # each layout, loaded as its server loads it
+            got = saved_model_logits(path, check_images)
+            diffs.append(float(np.abs(ref - got).max()))
+            same = same and bool((ref.argmax(1) == got.argmax(1)).all())
         info["check_images"] = int(len(check_images))
-        info["max_abs_logit_diff"] = float(np.abs(ref - got).max())
-        info["same_predictions"] = bool((ref.argmax(1) == got.argmax(1)).all())
+        info["max_abs_logit_diff"] = max(diffs)
+        info["same_predictions"] = same
     write_text_atomic(out / "export.json", json.dumps(info, indent=1))
     return info
 
@@ -323,7 +357,7 @@ def export_tflite(
 
     Args:
         model_dir: a model folder (``model.keras``), a ``.keras`` file, or a serving export
-            folder holding ``saved_model/``.
+            folder (:func:`export_serving`: its root SavedModel is converted).
         out_dir: where ``model_float32.tflite``, ``model_int8.tflite`` and ``tflite.json`` are
             written (each atomically).
         calibration_images: the representative dataset, uint8 (N, 32, 32, 3) RGB 0-255 from
@@ -378,9 +412,9 @@ def export_tflite(
 
     blobs: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="kd-tflite-") as tmp:
-        saved = src / SAVED_MODEL_DIR if src.is_dir() else None
+        saved = src if src.is_dir() else None
         if saved is None or not (saved / "saved_model.pb").is_file():
-            saved = Path(tmp) / SAVED_MODEL_DIR
+            saved = Path(tmp) / "saved_model"
             model.export(str(saved), format="tf_saved_model", verbose=False)
         for kind in ("float32", "int8"):
             try:

@@ -202,7 +202,10 @@ def test_evaluate_outputs_report_metrics_and_gate(chain):
 
 def test_export_publishes_a_serving_model(chain):
     blessed = Path(chain["blessed"].path)
-    assert (blessed / "saved_model" / "saved_model.pb").exists()
+    # Vertex AI's layout (saved_model.pb at the artifact root) and TF Serving's / KServe's.
+    assert (blessed / "saved_model.pb").exists() and (blessed / "variables").is_dir()
+    assert (blessed / "serving" / "kd_student" / "1" / "saved_model.pb").exists()
+    assert not (blessed / "saved_model").exists()
     assert (blessed / "model.keras").exists()
     assert chain["blessed"].metadata["blessed"] is True
     assert chain["blessed"].metadata["same_predictions"] is True
@@ -326,6 +329,30 @@ def test_each_training_component_trains_with_the_users_config(
             assert (loss.alpha, loss.beta, loss.standardize) == (0.5, 3.0, True)
         if extra["kd_loss"] == "dist":
             assert (loss.beta, loss.gamma) == (1.0, 2.0)
+
+
+def test_each_serving_layout_serves_the_reports_predictions(chain):
+    """The blessed export loaded as each server loads it (tf.saved_model.load and its
+    serving_default signature: Vertex AI's root layout, TF Serving's / KServe's
+    serving/kd_student/1) predicts what the evaluation reported for the distilled student:
+    its confusion matrix, image for image in aggregate."""
+    import tensorflow as tf
+
+    from kd.data import load_dataset
+
+    _, _, te = chain["data"]
+    x, y = load_dataset(te.path)
+    blessed = Path(chain["blessed"].path)
+    rows = chain["eval"]["distilled_confusion"].metadata["confusionMatrix"]["rows"]
+    reported = np.array([r["row"] for r in rows])
+    for layout in (blessed, blessed / "serving" / "kd_student" / "1"):
+        serve = tf.saved_model.load(str(layout)).signatures["serving_default"]
+        (name,) = serve.structured_input_signature[1].keys()
+        out = serve(**{name: tf.constant(x.astype(np.float32))})
+        pred = np.asarray(next(iter(out.values()))).argmax(1)
+        got = np.zeros((10, 10), int)
+        np.add.at(got, (y, pred), 1)
+        np.testing.assert_array_equal(got, reported, err_msg=str(layout))
 
 
 def test_evaluate_scores_each_model_as_itself(chain):

@@ -155,12 +155,13 @@ def test_predict_path_handles_both_tflite_files(exported: dict, tmp_path: Path) 
 
 def test_export_from_a_serving_export_and_without_test_set(exported: dict, tmp_path: Path) -> None:
     serving = tmp_path / "blessed"
-    export_serving(exported["model_dir"], serving, check_images=exported["x"][:16])
-    np.testing.assert_allclose(
-        saved_model_logits(serving / "saved_model", exported["x"][:16]),
-        exported["ref"][:16],
-        atol=1e-4,
-    )
+    info = export_serving(exported["model_dir"], serving, check_images=exported["x"][:16])
+    assert info["saved_model"] == {"vertex": ".", "tf_serving": "serving/kd_student/1"}
+    assert info["same_predictions"] and info["max_abs_logit_diff"] < 1e-4
+    for layout in (serving, serving / "serving" / "kd_student" / "1"):
+        np.testing.assert_allclose(
+            saved_model_logits(layout, exported["x"][:16]), exported["ref"][:16], atol=1e-4
+        )
     info = export_tflite(serving, tmp_path / "edge", exported["x_cal"][:50], latency_runs=3)
     assert "accuracy" not in info["int8"] and info["int8"]["latency_p50_ms"] > 0
     got = tflite_logits(tmp_path / "edge" / TFLITE_FLOAT32, exported["x"][:16])

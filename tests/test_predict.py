@@ -240,7 +240,7 @@ def test_saved_model_signature_predicts_like_the_keras_model(trained: dict, tmp_
     info = export_serving(trained["dir"], export, check_images=x)
     assert info["same_predictions"]
     ref = predict_logits(trained["model"], x)
-    got = saved_model_logits(export / "saved_model", x)
+    got = saved_model_logits(export, x)
     np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
     np.testing.assert_allclose(got, ref, atol=1e-4)
     # the blessed export folder is itself a model spec (its model.keras)
