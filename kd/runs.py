@@ -932,9 +932,34 @@ def describe_run(
         "classification": classification,
         "report": _browser_path(html[0]) if html else None,
         "reports": [_browser_path(a) for a in html],
+        "tensorboard": _tensorboard_logdirs(artifacts),
         "markdown": [a["path"] or a["uri"] for a in artifacts if a["type"] == MARKDOWN],
         "notes": notes,
     }
+
+
+def _tensorboard_logdirs(artifacts: list[dict[str, Any]]) -> dict[str, str]:
+    """``{task: logdir}`` of every Model artifact whose folder holds TensorBoard event files
+    (``tensorboard/``, written by the training stages); local folders only are looked into."""
+    from kd.model_folder import TENSORBOARD_DIR
+
+    found = {}
+    for a in artifacts:
+        path = a.get("path")
+        if path and (Path(path) / TENSORBOARD_DIR).is_dir():
+            key, n = a["task"], 2
+            while key in found:  # the sweep's branches share a task name
+                key, n = f"{a['task']}-{n}", n + 1
+            found[key] = str(Path(path) / TENSORBOARD_DIR)
+    return found
+
+
+def tensorboard_command(logdirs: dict[str, str]) -> str | None:
+    """The ``tensorboard`` line that shows a run's training curves side by side."""
+    if not logdirs:
+        return None
+    spec = ",".join(f"{task}:{path}" for task, path in sorted(logdirs.items()))
+    return f"tensorboard --logdir_spec {spec}"
 
 
 def _seconds(a: dt.datetime | None, b: dt.datetime | None) -> float | None:
@@ -1250,6 +1275,9 @@ def format_run(run: dict[str, Any]) -> str:
             )
         )
     lines += ["", f"Report    {run['report'] or '-'}"]
+    board = tensorboard_command(run.get("tensorboard") or {})
+    if board:
+        lines.append(f"Curves    {board}   (pip install tensorboard)")
     if run["notes"]:
         lines += ["", "Notes", *(f"  - {n}" for n in run["notes"])]
     return "\n".join(lines)

@@ -331,6 +331,32 @@ def test_each_training_component_trains_with_the_users_config(
             assert (loss.beta, loss.gamma) == (1.0, 2.0)
 
 
+def test_each_training_stage_writes_its_curves_for_tensorboard(chain):
+    """tensorboard/ in each trained Model holds one scalar series per history.json key (the
+    distiller's soft and hard loss parts included), step = epoch, the same values."""
+    import tensorflow as tf
+
+    for name in ("teacher", "scratch", "distilled"):
+        folder = Path(chain["models"][name].path)
+        history = json.loads((folder / "history.json").read_text())
+        found: dict[str, dict[int, float]] = {}
+        plugins = set()
+        for event_file in (folder / "tensorboard").glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+                for v in event.summary.value:
+                    found.setdefault(v.tag, {})[event.step] = float(tf.make_ndarray(v.tensor))
+                    if v.metadata.plugin_data.plugin_name:  # written with a tag's first value
+                        plugins.add(v.metadata.plugin_data.plugin_name)
+        assert plugins == {"scalars"}  # TensorBoard's scalar dashboard shows them
+        expected = {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+        if name == "distilled":
+            expected |= {"distillation_loss", "student_loss"}
+        assert expected <= set(found), (name, sorted(found))
+        for tag in expected:
+            want = dict(zip(history["epoch"], history[tag], strict=True))
+            assert found[tag] == pytest.approx(want, rel=1e-6), tag
+
+
 def test_each_serving_layout_serves_the_reports_predictions(chain):
     """The blessed export loaded as each server loads it (tf.saved_model.load and its
     serving_default signature: Vertex AI's root layout, TF Serving's / KServe's

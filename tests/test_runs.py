@@ -326,6 +326,25 @@ def test_reports_get_a_browser_copy_named_html(toy: dict, tmp_path: Path) -> Non
     assert ins.add_browser_copies(run) == []  # once is enough
 
 
+def test_inspect_prints_the_tensorboard_line_of_the_training_curves(
+    toy: dict, tmp_path: Path
+) -> None:
+    """A Model artifact holding tensorboard/ (what the training stages write) is listed, and
+    the text view prints the tensorboard command; a run without one prints none."""
+    from kd.model_folder import write_tensorboard
+
+    root = tmp_path / "root"
+    shutil.copytree(toy["root"], root)
+    assert "tensorboard" not in ins.format_run(ins.describe_run(root, toy["ok"]))
+    run_dir = root / toy["ok"]
+    model = next(p for p in run_dir.glob("train*/model") if p.is_dir())
+    write_tensorboard({"epoch": [1, 2], "loss": [0.9, 0.5]}, model / "tensorboard")
+    run = ins.describe_run(root, toy["ok"])
+    assert run["tensorboard"] == {model.parent.name: str(model / "tensorboard")}
+    text = ins.format_run(run)
+    assert f"tensorboard --logdir_spec {model.parent.name}:{model / 'tensorboard'}" in text
+
+
 # ---------------------------------------------------------------------------------------------
 # gs:// layout (KFP / Vertex AI), against the GCS emulator.
 
