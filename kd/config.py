@@ -328,7 +328,7 @@ class DistillConfig(StudentConfig):
 
     def loss_label(self) -> str:
         """The loss's short name (:func:`loss_label`), e.g. ``hinton`` or ``dkd(1, 8)+LS``."""
-        return loss_label(**dataclasses.asdict(self))
+        return loss_label(dataclasses.asdict(self))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -453,30 +453,22 @@ class ExportConfig:
 
 
 def _default_grid() -> list[dict[str, Any]]:
-    # Every point carries the loss too (Hinton's), as the sweep pipeline reads every key.
-    loss = {"kd_loss": "hinton", "logit_standardization": False, "dkd_alpha": 1.0}
-    loss |= {"dkd_beta": 8.0, "dist_beta": 1.0, "dist_gamma": 1.0}
+    # Every point carries the loss too (DistillConfig's), as the sweep pipeline reads every key.
+    loss = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
     return [
         {"temperature": t, "alpha": a, **loss} for t in (2.0, 4.0, 8.0) for a in (0.1, 0.5, 0.9)
     ]
 
 
-def loss_label(
-    kd_loss: str = "hinton",
-    logit_standardization: bool = False,
-    dkd_alpha: float = 1.0,
-    dkd_beta: float = 8.0,
-    dist_beta: float = 1.0,
-    dist_gamma: float = 1.0,
-    **_: Any,
-) -> str:
+def loss_label(config: dict[str, Any]) -> str:
     """A short name of a distillation loss and its weights, e.g. ``dkd(1, 8)+LS`` (reports and
-    the sweep's table); ``**_`` takes the rest of a config dict."""
+    the sweep's table), from a DistillConfig as a dict (what it leaves out: the defaults)."""
+    c = {**defaults(DistillConfig), **config}
     name = {
-        "dkd": f"dkd({dkd_alpha:g}, {dkd_beta:g})",
-        "dist": f"dist({dist_beta:g}, {dist_gamma:g})",
-    }.get(kd_loss, kd_loss)
-    return name + ("+LS" if logit_standardization else "")
+        "dkd": f"dkd({c['dkd_alpha']:g}, {c['dkd_beta']:g})",
+        "dist": f"dist({c['dist_beta']:g}, {c['dist_gamma']:g})",
+    }.get(c["kd_loss"], c["kd_loss"])
+    return name + ("+LS" if c["logit_standardization"] else "")
 
 
 @dataclass(frozen=True)

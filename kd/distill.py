@@ -134,15 +134,16 @@ def soft_loss_reference(
     teacher_logits: np.ndarray,
     temperature: float,
     kd_loss: str = "hinton",
-    *,
-    logit_standardization: bool = False,
-    dkd_alpha: float = 1.0,
-    dkd_beta: float = 8.0,
-    dist_beta: float = 1.0,
-    dist_gamma: float = 1.0,
+    **options: Any,
 ) -> float:
     """The soft term ``D(t, s)`` of each ``kd_loss`` in plain NumPy (float64), batch mean: the
-    reference the tests check the Keras losses against. Formulas: the classes' docstrings."""
+    reference the tests check the Keras losses against. Formulas: the classes' docstrings.
+    ``options``: ``logit_standardization`` and the loss's weights, DistillConfig's fields (and
+    defaults)."""
+    cfg = DistillConfig(temperature=temperature, kd_loss=kd_loss, **options)
+    dkd_alpha, dkd_beta = cfg.dkd_alpha, cfg.dkd_beta
+    dist_beta, dist_gamma = cfg.dist_beta, cfg.dist_gamma
+    logit_standardization = cfg.logit_standardization
     y = np.asarray(y).astype(int).ravel()
     t, s = np.asarray(teacher_logits, np.float64), np.asarray(student_logits, np.float64)
     if logit_standardization:

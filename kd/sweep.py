@@ -49,7 +49,7 @@ def read_candidates(model_dirs: list[str]) -> list[dict[str, Any]]:
                 "dir": str(d),
                 "temperature": float(cfg["temperature"]),
                 "alpha": float(cfg["alpha"]),
-                "loss": loss_label(**cfg),
+                "loss": loss_label(cfg),
                 "val_accuracy": float(info["best_val_accuracy"]),
             }
         )
