@@ -54,7 +54,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "student_epochs": 20,
         "student_batch_size": 32,
         # The teacher's logits for 4 augmented views of each training image, computed once
-        # (bench/results/demo-kd-cpu.json; chosen by validation accuracy within the demo's
+        # (bench/results/demo-kd-selection/; chosen by validation accuracy within the demo's
         # time budget: with the flip-TTA teacher, 4 views beat 2 by 2.4 points of distilled
         # validation accuracy over 3 seeds, docs/RESULTS.md section 8; 8 views added 0.2
         # points on 4,765 held-out images for twice the cache, section 9). The shipped
