@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from kd.config import (
-    GRID_KEYS,
+    LOSS_KEYS,
     DistillConfig,
     EvalConfig,
     ExportConfig,
@@ -24,7 +24,7 @@ from kd.config import (
     SweepConfig,
     TeacherConfig,
     TeacherSourceConfig,
-    defaults,
+    loss_defaults,
 )
 from kd.config import TARGETS as REMOTE_TARGETS
 from kd.errors import ConfigError
@@ -100,7 +100,7 @@ def full_grid(grid: Any) -> Any:
     given (the checks then say what is wrong)."""
     if not isinstance(grid, list) or not all(isinstance(p, dict) for p in grid):
         return grid
-    base = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+    base = loss_defaults()
     return [{**base, **point} for point in grid]
 
 
@@ -154,7 +154,7 @@ def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
             temperature=params["temperature"],
             alpha=params["alpha"],
             teacher_views=params["teacher_views"],
-            **{k: params[k] for k in GRID_KEYS[2:]},
+            **{k: params[k] for k in LOSS_KEYS},
         ),
         "evaluate": EvalConfig(
             batch_size=params["eval_batch_size"], latency_runs=params["latency_runs"]

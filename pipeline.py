@@ -35,7 +35,7 @@ from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
 from kd.config import (
     DEFAULT_VERTEX_ACCELERATOR,
-    GRID_KEYS,
+    LOSS_KEYS,
     TARGETS,
     DistillConfig,
     EvalConfig,
@@ -118,10 +118,6 @@ def _light(task: Any, res: Resources) -> Any:
     task.set_cpu_request(res.light_cpu).set_cpu_limit(res.light_cpu)
     task.set_memory_request(res.light_memory).set_memory_limit(res.light_memory)
     return task
-
-
-#: The distillation loss's parameters (kd.config.DistillConfig, beside temperature and alpha).
-LOSS_FIELDS = GRID_KEYS[2:]
 
 
 def _train_args(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +246,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
                 temperature=temperature,
                 alpha=alpha,
                 teacher_views=teacher_views,
-                **{k: v[k] for k in LOSS_FIELDS},
+                **{k: v[k] for k in LOSS_KEYS},
             ),
             res,
         )
@@ -369,7 +365,7 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
                     alpha=point.alpha,
                     teacher_views=teacher_views,
                     # Every point carries its loss: parameters.resolve fills in the defaults.
-                    **{k: getattr(point, k) for k in LOSS_FIELDS},
+                    **{k: getattr(point, k) for k in LOSS_KEYS},
                 ),
                 res,
             )

@@ -48,17 +48,10 @@ DEFAULT_VERTEX_ACCELERATOR = "T4"
 MAX_TEACHER_VIEWS = 64
 #: The distillation losses (:mod:`kd.distill`): Hinton's KD, decoupled KD, DIST.
 KD_LOSSES = ("hinton", "dkd", "dist")
+#: The distillation loss's fields of DistillConfig (beside temperature and alpha).
+LOSS_KEYS = ("kd_loss", "logit_standardization", "dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma")
 #: The per-point keys a sweep grid may set (``temperature`` and ``alpha`` are required).
-GRID_KEYS = (
-    "temperature",
-    "alpha",
-    "kd_loss",
-    "logit_standardization",
-    "dkd_alpha",
-    "dkd_beta",
-    "dist_beta",
-    "dist_gamma",
-)
+GRID_KEYS = ("temperature", "alpha", *LOSS_KEYS)
 
 T = TypeVar("T")
 
@@ -454,10 +447,15 @@ class ExportConfig:
 
 def _default_grid() -> list[dict[str, Any]]:
     # Every point carries the loss too (DistillConfig's), as the sweep pipeline reads every key.
-    loss = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+    loss = loss_defaults()
     return [
         {"temperature": t, "alpha": a, **loss} for t in (2.0, 4.0, 8.0) for a in (0.1, 0.5, 0.9)
     ]
+
+
+def loss_defaults() -> dict[str, Any]:
+    """DistillConfig's defaults of the loss's fields (``LOSS_KEYS``)."""
+    return {k: v for k, v in defaults(DistillConfig).items() if k in LOSS_KEYS}
 
 
 def loss_label(config: dict[str, Any]) -> str:
@@ -500,7 +498,7 @@ class SweepConfig:
                     "grid point",
                     point,
                     f"must have the keys temperature and alpha, and no others but "
-                    f"{', '.join(GRID_KEYS[2:])}, e.g. {example}",
+                    f"{', '.join(LOSS_KEYS)}, e.g. {example}",
                 )
             try:
                 _check_float("temperature", point["temperature"], 0.0, 1000.0, lo_open=True)

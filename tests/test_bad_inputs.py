@@ -57,13 +57,12 @@ from test_data import py2_pickle  # noqa: E402  (the Python-2 style pickle write
 import submit  # noqa: E402
 from kd import stages  # noqa: E402
 from kd.config import (  # noqa: E402
-    GRID_KEYS,
-    DistillConfig,
     EvalConfig,
     SplitConfig,
     StudentConfig,
     TeacherConfig,
     defaults,
+    loss_defaults,
 )
 from kd.data import CifarArrays, content_sha256, save_dataset  # noqa: E402
 from kd.errors import ArtifactError, ConfigError, DataError, KDError  # noqa: E402
@@ -763,7 +762,7 @@ def call_train_scratch(o: Outputs, **override: Any) -> None:
 
 
 # The distillation loss's parameters at DistillConfig's defaults (kd_loss and its weights).
-LOSS_DEFAULTS = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+LOSS_DEFAULTS = loss_defaults()
 
 
 def call_distill(o: Outputs, **override: Any) -> None:

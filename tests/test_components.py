@@ -13,7 +13,7 @@ from components.evaluate import evaluate
 from components.export_model import export_model
 from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
-from kd.config import GRID_KEYS, DistillConfig, StudentConfig, TeacherConfig, defaults
+from kd.config import DistillConfig, StudentConfig, TeacherConfig, loss_defaults
 from kd.errors import ArtifactError
 
 TRAIN = dict(
@@ -59,7 +59,7 @@ def _evaluate_outputs(root: Path) -> dict:
 
 
 # The distillation loss's parameters at their defaults (kd_loss and its weights).
-LOSS_DEFAULTS = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+LOSS_DEFAULTS = loss_defaults()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 
 from kd.config import (
     GRID_KEYS,
+    LOSS_KEYS,
     DistillConfig,
     EvalConfig,
     ExportConfig,
@@ -87,8 +88,8 @@ def test_the_sweep_grid_default_is_a_fresh_list_of_nine_points():
     assert grid == SweepConfig().grid and grid is not defaults(SweepConfig)["grid"]
     assert len(grid) == 9 and set(GRID_KEYS) == set(grid[0])
     # Every point carries DistillConfig's own loss defaults (the sweep pipeline reads them all).
-    loss = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
-    assert all({k: p[k] for k in GRID_KEYS[2:]} == loss for p in grid)
+    loss = {k: v for k, v in defaults(DistillConfig).items() if k in LOSS_KEYS}
+    assert all({k: p[k] for k in LOSS_KEYS} == loss for p in grid)
 
 
 @pytest.mark.parametrize(

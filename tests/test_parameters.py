@@ -223,11 +223,11 @@ def test_config_args_refuses_an_undocumented_parameter_and_a_stray_rename():
 def test_each_sweep_grid_point_gets_the_loss_defaults_it_leaves_out():
     """The sweep's loop body reads every GRID_KEYS key of each point: resolve fills in
     DistillConfig's defaults and keeps what the point sets."""
-    from kd.config import GRID_KEYS, DistillConfig, defaults
+    from kd.config import LOSS_KEYS, DistillConfig, defaults
 
     grid = [{"temperature": 4, "alpha": 0.1}, {"temperature": 2, "alpha": 0.5, "kd_loss": "dist"}]
     params = parameters.resolve({"grid": grid}, "sweep")
-    loss = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+    loss = {k: v for k, v in defaults(DistillConfig).items() if k in LOSS_KEYS}
     assert params["grid"] == [
         {"temperature": 4, "alpha": 0.1, **loss},
         {"temperature": 2, "alpha": 0.5, **loss, "kd_loss": "dist"},

@@ -259,14 +259,14 @@ def test_a_sweep_grid_is_submitted_with_every_key_its_loop_reads(
 ) -> None:
     """A grid point that leaves out the loss is sent with DistillConfig's defaults filled in:
     the compiled sweep's loop body reads point.kd_loss (and the rest) of every point."""
-    from kd.config import GRID_KEYS, DistillConfig, defaults
+    from kd.config import LOSS_KEYS, DistillConfig, defaults
 
     monkeypatch.setenv("KFP_TOKEN", TOKEN)
     grid = '[{"temperature": 4, "alpha": 0.1}, {"temperature": 2, "alpha": 0.5, "kd_loss": "dkd"}]'
     args = _parser().parse_args(["--host", kfp_server.url, "--param", f"grid={grid}"])
     submit.submit_from_args(args, package)
     sent = kfp_server.last("POST", "/apis/v2beta1/runs").json["runtime_config"]["parameters"]
-    loss = {k: v for k, v in defaults(DistillConfig).items() if k in GRID_KEYS[2:]}
+    loss = {k: v for k, v in defaults(DistillConfig).items() if k in LOSS_KEYS}
     assert sent["grid"] == [
         {"temperature": 4, "alpha": 0.1, **loss},
         {"temperature": 2, "alpha": 0.5, **loss, "kd_loss": "dkd"},
