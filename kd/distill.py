@@ -430,7 +430,11 @@ class TeacherViews:
         return int(self.augment.shape[1])
 
 
-def flip_invariant(teacher: Any, x: np.ndarray, *, probe: int = 32, pad: int = 4) -> bool:
+# The images flip_invariant compares with their mirrors.
+FLIP_PROBE = 32
+
+
+def flip_invariant(teacher: Any, x: np.ndarray, *, probe: int = FLIP_PROBE, pad: int = 4) -> bool:
     """Whether the teacher's logits for an image and for its mirror image are the same.
 
     True for a teacher wrapped in flip test-time augmentation (:func:`kd.models.flip_tta`, the
@@ -439,13 +443,16 @@ def flip_invariant(teacher: Any, x: np.ndarray, *, probe: int = 32, pad: int = 4
     inference-mode logits on the first ``probe`` images and on their mirrors agree to within
     ``1e-4 * (1 + max |logit|)``. Cost: two forward passes over ``probe`` images.
     """
-    xs = x[:probe]
+    return _mirror_agrees(training_model(teacher, pad), x[:probe], pad)
+
+
+def _mirror_agrees(forward: Any, xs: np.ndarray, pad: int) -> bool:
+    """:func:`flip_invariant` on the teacher's :func:`training_model` ``forward``."""
     if len(xs) == 0:
         return False
     rows = identity_augmentation(len(xs), pad)
     mirrored = rows.copy()
     mirrored[:, 2] = 1
-    forward = training_model(teacher, pad)
     a = np.asarray(forward.predict({IMAGE_KEY: xs, AUGMENT_KEY: rows}, verbose=0), np.float64)
     b = np.asarray(forward.predict({IMAGE_KEY: xs, AUGMENT_KEY: mirrored}, verbose=0), np.float64)
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
@@ -488,18 +495,18 @@ def cache_teacher_views(
             "no cache: distill with the online teacher)"
         )
     n = len(x)
+    forward = training_model(teacher, pad)
     flip_free = False
     if augment:
         rows = [
             draw_augmentation(np.random.default_rng([seed, k, 0, 3]), n, pad) for k in range(views)
         ]
-        flip_free = flip_invariant(teacher, x, pad=pad)
+        flip_free = _mirror_agrees(forward, x[:FLIP_PROBE], pad)
         if flip_free:
             for r in rows:
                 r[:, 2] = 0
     else:
         rows = [identity_augmentation(n, pad)] * views
-    forward = training_model(teacher, pad)
     logits = np.empty((n, views, NUM_CLASSES), np.float32)
     for k in range(views):
         out = forward.predict(
