@@ -16,7 +16,8 @@ from kd.config import ExportConfig
     test="the test Dataset; the SavedModel must reproduce the Keras predictions on it.",
     blessed="the serving model: a SavedModel at its root (Vertex AI) and in "
     "serving/kd_student/1/ (TF Serving, KServe); model.keras, export.json.",
-    edge="TFLite models (model_float32.tflite, model_int8.tflite, tflite.json).",
+    edge="TFLite and ONNX models (model_float32.tflite, model_int8.tflite, tflite.json, "
+    "model.onnx, onnx.json).",
     edge_metrics="size (bytes), test accuracy, drop vs Keras (points), latency (ms).",
 )
 def export_model(
@@ -45,8 +46,8 @@ def export_model(
         calibration_images,
         edge.path,
     )
-    edge.metadata.update({"formats": "tflite float32, int8", **student.metadata})
-    for fmt in ("float32", "int8"):
+    edge.metadata.update({"formats": "tflite float32, int8; onnx", **student.metadata})
+    for fmt in ("float32", "int8", "onnx"):
         for key, value in tfl.get(fmt, {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 edge_metrics.log_metric(f"{fmt}_{key}", value)

@@ -28,6 +28,15 @@ Edge exports (:func:`export_tflite`), converted from the SavedModel:
 
 :func:`tflite_logits` runs either file and returns float32 logits (it quantizes the input and
 dequantizes the output of the int8 model), which is what ``kd.predict`` uses for ``.tflite``.
+
+ONNX (:func:`export_onnx`), converted from the SavedModel by ``tf2onnx``:
+
+- ``model.onnx``: float32 (N, 32, 32, 3) 0-255 images in (input ``image``), float32 (N, 10)
+  logits out, for onnxruntime and the runtimes outside TensorFlow.
+- ``onnx.json``: as ``tflite.json``: size, test accuracy, drop and agreement versus Keras,
+  batch-1 latency under onnxruntime.
+
+:func:`onnx_logits` runs it (``kd.predict`` uses it for ``.onnx``).
 """
 
 from __future__ import annotations
@@ -505,4 +514,184 @@ def export_tflite(
         info[kind] = entry
     info["int8_vs_float32_size_ratio"] = info["float32"]["size_bytes"] / info["int8"]["size_bytes"]
     write_text_atomic(out / TFLITE_JSON, json.dumps(info, indent=1))
+    return info
+
+
+ONNX_FILE = "model.onnx"
+ONNX_JSON = "onnx.json"
+#: ONNX opset of the export: 17 is read by onnxruntime >= 1.13 and by TensorRT 8.6+.
+ONNX_OPSET = 17
+
+
+def onnx_session(path: str | Path, num_threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of ``path`` (``num_threads``: intra-op threads; None: its
+    default); a file that is not an ONNX model of (N, 32, 32, 3) images is an ArtifactError."""
+    import onnxruntime as ort
+
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(
+            f"no ONNX model at {p}. Fix: pass the model.onnx written by kd.export.export_onnx"
+        )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if num_threads:
+        opts.intra_op_num_threads = opts.inter_op_num_threads = int(num_threads)
+    try:
+        sess = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ArtifactError(
+            f"{p} is not an ONNX model onnxruntime can load ({type(exc).__name__}: {exc}). "
+            "Fix: pass the model.onnx written by kd.export.export_onnx"
+        ) from exc
+    inputs = sess.get_inputs()
+    if len(inputs) != 1 or list(inputs[0].shape[1:]) != [32, 32, 3]:
+        raise ArtifactError(
+            f"{p} takes {[(i.name, i.shape) for i in inputs]}, not one (N, 32, 32, 3) image "
+            "batch. Fix: pass a CIFAR-10 model exported by kd.export.export_onnx"
+        )
+    return sess
+
+
+def onnx_logits(path: str | Path | Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Float32 (N, 10) logits of the ONNX model (a path or an :func:`onnx_session`) on uint8
+    or float (N, 32, 32, 3) images in 0-255."""
+    sess = path if hasattr(path, "get_inputs") else onnx_session(path)
+    name = sess.get_inputs()[0].name
+    x = _check_images(x, "images").astype(np.float32, copy=False)
+    parts = [sess.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def _onnx_latency_ms(sess: Any, x: np.ndarray, runs: int) -> dict[str, float]:
+    """Batch-1 latency of an onnxruntime session: 5 warm-up calls, then ``runs`` timed
+    ``run`` calls (``time.perf_counter``), cycling through ``x``."""
+    import time
+
+    name = sess.get_inputs()[0].name
+    singles = [np.asarray(x[i : i + 1], dtype=np.float32) for i in range(min(len(x), 16))]
+    times = []
+    for i in range(5 + runs):
+        t0 = time.perf_counter()
+        sess.run(None, {name: singles[i % len(singles)]})
+        if i >= 5:
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return {
+        "latency_p50_ms": float(np.percentile(times, 50)),
+        "latency_p95_ms": float(np.percentile(times, 95)),
+    }
+
+
+def export_onnx(
+    saved_model_dir: str | Path,
+    out_dir: str | Path,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    reference: Any = None,
+    latency_runs: int = 50,
+    num_threads: int = 1,
+) -> dict[str, Any]:
+    """Convert a serving SavedModel (:func:`export_serving`'s root) to ``model.onnx`` and check
+    it with onnxruntime.
+
+    Converted by ``tf2onnx`` from the SavedModel's ``serving_default`` signature
+    (``tf_loader.from_saved_model``, then ``convert.from_graph_def``, what its
+    ``--saved-model`` command line does), at opset :data:`ONNX_OPSET`. Not Keras 3's
+    ``model.export(format="onnx")``: with the TensorFlow backend it leaves the
+    ``Normalization`` layer's mean and variance as extra graph inputs, so the file does not
+    run on images alone (tf2onnx 1.17, Keras 3.15; measured), and tf2onnx's ``from_keras``
+    does not take Keras 3 models.
+
+    Args:
+        saved_model_dir: a folder with ``saved_model.pb`` at its root.
+        out_dir: where ``model.onnx`` and ``onnx.json`` are written (each atomically).
+        test: optional (x, y) test images and labels: accuracy, drop versus ``reference``
+            (points), top-1 agreement and the largest logit difference.
+        reference: the Keras model the drop is measured against (needed with ``test``).
+        latency_runs: timed batch-1 runs for p50/p95 latency (ms).
+        num_threads: onnxruntime threads for the latency (1, as for TFLite).
+
+    Returns:
+        The contents of ``onnx.json``: ``file``, ``size_bytes``, ``opset``, ``input``,
+        ``output``, ``latency_p50_ms``, ``latency_p95_ms``, ``runtime``, and with ``test``
+        ``accuracy``, ``keras_accuracy``, ``accuracy_drop_points``, ``agreement_with_keras``,
+        ``max_abs_logit_diff``.
+
+    Raises:
+        ArtifactError: no SavedModel there, or the conversion failed.
+    """
+    import logging
+    import tempfile
+
+    src = Path(saved_model_dir)
+    if not (src / "saved_model.pb").is_file():
+        raise ArtifactError(
+            f"no SavedModel at {src} (saved_model.pb missing). Fix: pass the folder written by "
+            "kd.export.export_serving"
+        )
+    import onnxruntime
+    import tf2onnx
+    from tf2onnx import tf_loader
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
+            str(src), None, None, signatures=[SIGNATURE], return_tensors_to_rename=True
+        )
+        with tempfile.TemporaryDirectory(prefix="kd-onnx-") as tmp:
+            tmp_file = Path(tmp) / ONNX_FILE
+            tf2onnx.convert.from_graph_def(
+                graph_def,
+                input_names=inputs,
+                output_names=outputs,
+                opset=ONNX_OPSET,
+                tensors_to_rename=renames,
+                output_path=str(tmp_file),
+            )
+            blob = tmp_file.read_bytes()
+    except Exception as exc:
+        raise ArtifactError(
+            f"ONNX conversion of {src} failed ({type(exc).__name__}: {exc}). Fix: export a "
+            f"model built by kd.models (every op needs an ONNX opset {ONNX_OPSET} equivalent)"
+        ) from exc
+    with atomic_path(out / ONNX_FILE) as tmp_path:
+        tmp_path.write_bytes(blob)
+    sess = onnx_session(out / ONNX_FILE)
+    inp, outp = sess.get_inputs()[0], sess.get_outputs()[0]
+    info: dict[str, Any] = {
+        "file": ONNX_FILE,
+        "size_bytes": _size(out / ONNX_FILE),
+        "opset": ONNX_OPSET,
+        "input": {"name": inp.name, "dtype": inp.type, "shape": "(N, 32, 32, 3) 0-255"},
+        "output": {"name": outp.name, "dtype": outp.type, "shape": "(N, 10) logits"},
+        "runtime": f"onnxruntime {onnxruntime.__version__}, tf2onnx {tf2onnx.__version__}",
+        "num_threads": int(num_threads),
+        "latency_runs": int(latency_runs),
+    }
+    if test is not None:
+        x = _check_images(test[0], "test images")
+        y = np.asarray(test[1]).reshape(-1)
+        if reference is None:
+            raise ArtifactError("export_onnx with test needs the Keras reference model")
+        from kd.evaluate import predict_logits
+
+        ref = predict_logits(reference, x)
+        got = onnx_logits(sess, x)
+        keras_acc = float((ref.argmax(1) == y).mean())
+        acc = float((got.argmax(1) == y).mean())
+        info.update(
+            accuracy=acc,
+            keras_accuracy=keras_acc,
+            accuracy_drop_points=(keras_acc - acc) * 100.0,
+            agreement_with_keras=float((got.argmax(1) == ref.argmax(1)).mean()),
+            max_abs_logit_diff=float(np.abs(got - ref).max()),
+        )
+        lat_x = x
+    else:
+        lat_x = np.zeros((1, 32, 32, 3), np.float32)
+    timed = onnx_session(out / ONNX_FILE, num_threads=num_threads)
+    info.update(_onnx_latency_ms(timed, lat_x, latency_runs))
+    write_text_atomic(out / ONNX_JSON, json.dumps(info, indent=1))
     return info

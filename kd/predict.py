@@ -1,7 +1,7 @@
 """Inference with a trained model: find it, decode images, predict the top-k classes.
 
 - :func:`resolve_model` turns a model *spec* into a local model file: a ``.keras`` file, a
-  model folder (``model.keras`` inside), a ``.tflite`` file (see :func:`kd.export.export_tflite`),
+  model folder (``model.keras`` inside), a ``.tflite`` or ``.onnx`` file (:mod:`kd.export`),
   a ``gs://`` URI of any of these (downloaded), or ``RUN:NAME`` / ``NAME`` naming a model of a
   pipeline run under a pipeline root (local or ``gs://``), found with
   :func:`kd.runs.describe_run`. ``NAME`` is one of :data:`MODEL_NAMES`;
@@ -56,7 +56,7 @@ MODEL_ARTIFACTS: dict[str, tuple[tuple[str, ...], str]] = {
     "blessed": ((runs.EXPORT_MODEL,), "blessed"),
 }
 MODEL_NAMES = tuple(MODEL_ARTIFACTS)
-MODEL_SUFFIXES = (".keras", ".tflite")
+MODEL_SUFFIXES = (".keras", ".tflite", ".onnx")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FITS = ("crop", "stretch")
 DEFAULT_FIT = FITS[0]  # non-square images: the centre square
@@ -70,13 +70,14 @@ SIZE = IMAGE_SHAPE[0]
 
 
 def resolve_model(spec: str, root: str = "runs", cache_dir: str | Path | None = None) -> Path:
-    """The local model file a spec names (``.keras`` or ``.tflite``).
+    """The local model file a spec names (``.keras``, ``.tflite`` or ``.onnx``).
 
     Args:
         spec: one of
 
-            - a local ``.keras`` or ``.tflite`` file, or a model folder holding ``model.keras``
-              (a training stage's Model artifact, or the blessed serving export);
+            - a local ``.keras``, ``.tflite`` or ``.onnx`` file, or a model folder holding
+              ``model.keras`` (a training stage's Model artifact, or the blessed serving
+              export);
             - ``gs://BUCKET/PATH`` of any of these (a Model artifact written by KFP / Vertex
               AI): downloaded into ``cache_dir``;
             - ``RUN:NAME`` or ``NAME``: the model ``NAME`` (one of :data:`MODEL_NAMES`) of run
@@ -102,7 +103,7 @@ def _resolve(spec: str, root: str, cache_dir: str | Path | None) -> tuple[Path, 
     """(local model file, where it came from: a local path or the gs:// URI)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ArtifactError(
-            f"empty model spec {spec!r}. Fix: pass a .keras/.tflite file, a model folder, a "
+            f"empty model spec {spec!r}. Fix: pass a .keras/.tflite/.onnx file, a model folder, a "
             f"gs:// URI, or RUN:NAME / NAME with NAME one of {', '.join(MODEL_NAMES)}"
         )
     spec = spec.strip()
@@ -118,8 +119,8 @@ def _resolve(spec: str, root: str, cache_dir: str | Path | None) -> tuple[Path, 
     looks_like_path = "/" in spec or os.sep in spec or spec.endswith((*MODEL_SUFFIXES, ".h5"))
     if looks_like_path:
         raise ArtifactError(
-            f"no model file or folder at {spec}. Fix: check the path (a .keras or .tflite file, "
-            f"or a folder holding {MODEL_FILE})"
+            f"no model file or folder at {spec}. Fix: check the path (a .keras, .tflite or "
+            f".onnx file, or a folder holding {MODEL_FILE})"
         )
     raise ArtifactError(
         f"model spec {spec!r} is not a file, a folder, a gs:// URI or a run model: "
@@ -138,7 +139,7 @@ def _local_model_file(path: Path, shown: str) -> Path:
     raise ArtifactError(
         f"model folder {shown} holds no {MODEL_FILE} (it holds {', '.join(held) or 'nothing'}). "
         "Fix: pass the Model artifact folder of a training stage, the blessed export, or a "
-        ".keras/.tflite file"
+        ".keras/.tflite/.onnx file"
     )
 
 
@@ -166,7 +167,7 @@ def _gcs_object_exists(uri: str) -> bool:
 
 
 def _download_model(uri: str, cache_dir: str | Path | None) -> Path:
-    """Download a model object (``.keras``/``.tflite``), a Model artifact folder's
+    """Download a model object (``.keras``/``.tflite``/``.onnx``), a Model artifact folder's
     ``model.keras`` (nothing else of the folder), or a suffix-less object taken as a ``.keras``
     file. Never downloads a whole prefix."""
     uri = uri.rstrip("/")
@@ -180,7 +181,7 @@ def _download_model(uri: str, cache_dir: str | Path | None) -> Path:
     raise ArtifactError(
         f"no model at {uri}: neither {uri}/{MODEL_FILE} nor an object {uri} exists. Fix: pass "
         "the gs:// URI of a Model artifact (a folder holding model.keras) or of a "
-        ".keras/.tflite file (gsutil ls to check)"
+        ".keras/.tflite/.onnx file (gsutil ls to check)"
     )
 
 
@@ -224,15 +225,23 @@ class TFLiteModel:
     interpreter: Any = field(repr=False, default=None)
 
 
+@dataclass
+class OnnxModel:
+    """An ONNX model file ready to predict (see :func:`kd.export.onnx_logits`)."""
+
+    path: Path
+    session: Any = field(repr=False, default=None)
+
+
 def load_predict_model(path: str | Path) -> Any:
     """Load a model file for :func:`predict`, checking that it is a CIFAR-10 classifier.
 
     Args:
         path: a ``.keras`` file or model folder (loaded with ``safe_mode=True``, see
-            :func:`kd.model_folder.load_model`), or a ``.tflite`` file.
+            :func:`kd.model_folder.load_model`), a ``.tflite`` or an ``.onnx`` file.
 
     Returns:
-        A Keras model, or a :class:`TFLiteModel`.
+        A Keras model, a :class:`TFLiteModel` or an :class:`OnnxModel`.
 
     Raises:
         ArtifactError: not a model, or a model whose input is not (32, 32, 3) images or whose
@@ -243,6 +252,10 @@ def load_predict_model(path: str | Path) -> Any:
         from kd.export import load_tflite
 
         return TFLiteModel(p, load_tflite(p))
+    if p.suffix == ".onnx":
+        from kd.export import onnx_session
+
+        return OnnxModel(p, onnx_session(p))
     from kd.model_folder import load_model
 
     model = load_model(p)
@@ -261,11 +274,16 @@ def load_predict_model(path: str | Path) -> Any:
 
 
 def model_logits(model: Any, x: np.ndarray) -> np.ndarray:
-    """Logits (N, 10) of a Keras model or a :class:`TFLiteModel` on images (N, 32, 32, 3)."""
+    """Logits (N, 10) of a Keras model, a :class:`TFLiteModel` or an :class:`OnnxModel` on
+    images (N, 32, 32, 3)."""
     if isinstance(model, TFLiteModel):
         from kd.export import tflite_logits
 
         return tflite_logits(model.interpreter or model.path, x)
+    if isinstance(model, OnnxModel):
+        from kd.export import onnx_logits
+
+        return onnx_logits(model.session or model.path, x)
     from kd.evaluate import predict_logits
 
     return predict_logits(model, x)

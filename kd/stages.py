@@ -304,10 +304,15 @@ def export_edge(
     out_dir: str,
 ) -> dict[str, Any]:
     """TFLite float32 and int8 (calibrated on the first ``calibration_images`` training
-    images) with size, test accuracy, accuracy drop and latency (see
-    :func:`kd.export.export_tflite`)."""
-    from kd.export import export_tflite
+    images) and ONNX, each with size, test accuracy, accuracy drop and latency (see
+    :func:`kd.export.export_tflite` and :func:`kd.export.export_onnx`): ``tflite.json``'s
+    contents with ``onnx.json``'s under ``"onnx"``. ``model_dir`` is the serving export."""
+    from kd.export import export_onnx, export_tflite
+    from kd.model_folder import MODEL_FILE, load_model
 
     x_train, _ = _load(*train, "train")
     x, y = _load(*test, "test")
-    return export_tflite(model_dir, out_dir, x_train[:calibration_images], (x, y))
+    info = export_tflite(model_dir, out_dir, x_train[:calibration_images], (x, y))
+    reference = load_model(Path(model_dir) / MODEL_FILE)
+    info["onnx"] = export_onnx(model_dir, out_dir, (x, y), reference=reference)
+    return info

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "model",
-        help="a .keras/.tflite file, a model folder, a gs:// URI of either, or RUN:NAME / "
+        help="a .keras/.tflite/.onnx file, a model folder, a gs:// URI of either, or RUN:NAME / "
         "NAME (latest run) with NAME one of teacher, student_distilled, student_scratch, "
         "blessed",
     )

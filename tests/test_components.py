@@ -219,6 +219,11 @@ def test_export_publishes_a_serving_model(chain):
     x, y = load_dataset(chain["data"][2].path)
     own = float(np.mean(tflite_logits(edge / "model_float32.tflite", x).argmax(1) == y))
     assert m["float32_accuracy"] == pytest.approx(own) and "int8_accuracy_drop_points" in m
+    from kd.export import onnx_logits
+
+    own_onnx = float(np.mean(onnx_logits(edge / "model.onnx", x).argmax(1) == y))
+    assert m["onnx_accuracy"] == pytest.approx(own_onnx) and m["onnx_size_bytes"] > 0
+    assert "onnx_accuracy_drop_points" in m and m["onnx_agreement_with_keras"] >= 0.99
 
 
 def test_gate_reports_which_condition_failed(chain):

@@ -24,12 +24,17 @@ from kd.data import load_cifar10  # noqa: E402
 from kd.errors import ArtifactError, DataError  # noqa: E402
 from kd.evaluate import predict_logits  # noqa: E402
 from kd.export import (  # noqa: E402
+    ONNX_FILE,
+    ONNX_JSON,
     TFLITE_FLOAT32,
     TFLITE_INT8,
     TFLITE_JSON,
+    export_onnx,
     export_serving,
     export_tflite,
     load_tflite,
+    onnx_logits,
+    onnx_session,
     saved_model_logits,
     tflite_logits,
 )
@@ -189,3 +194,48 @@ def test_errors(exported: dict, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"\(N, 32, 32, 3\)"):
         tflite_logits(exported["out"] / TFLITE_INT8, exported["x"][:2, :16])
     assert not (tmp_path / "e").exists() or not any((tmp_path / "e").iterdir())
+
+
+def test_onnx_export_of_the_serving_model_agrees_with_keras(exported: dict, tmp_path: Path) -> None:
+    serving = tmp_path / "blessed"
+    export_serving(exported["model_dir"], serving)
+    out = tmp_path / "edge"
+    info = export_onnx(
+        serving, out, (exported["x"], exported["y"]), reference=exported["model"], latency_runs=5
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted([ONNX_JSON, ONNX_FILE])
+    assert json.loads((out / ONNX_JSON).read_text()) == json.loads(json.dumps(info))
+    sess = onnx_session(out / ONNX_FILE)
+    # images alone go in (no constant left as a graph input), logits come out
+    assert [i.name for i in sess.get_inputs()] == ["image"]
+    got = onnx_logits(out / ONNX_FILE, exported["x"])
+    ref = exported["ref"]
+    assert got.shape == (500, 10) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+    np.testing.assert_array_equal(onnx_logits(sess, exported["x"][:50], batch_size=7), got[:50])
+    own = float((got.argmax(1) == exported["y"]).mean())
+    assert info["accuracy"] == pytest.approx(own)
+    assert info["keras_accuracy"] == pytest.approx(float((ref.argmax(1) == exported["y"]).mean()))
+    assert info["accuracy_drop_points"] == pytest.approx((info["keras_accuracy"] - own) * 100)
+    assert info["agreement_with_keras"] == pytest.approx(
+        float((got.argmax(1) == ref.argmax(1)).mean())
+    )
+    assert info["size_bytes"] == (out / ONNX_FILE).stat().st_size
+    assert 0 < info["latency_p50_ms"] <= info["latency_p95_ms"]
+    # kd.predict takes the .onnx file
+    np.savez(tmp_path / "x.npz", x=exported["x"][:40], y=exported["y"][:40])
+    rows = predict_files(str(out / ONNX_FILE), [tmp_path / "x.npz"], top_k=3)
+    keras_rows = predict(exported["model"], exported["x"][:40])
+    assert [r["index"] for r in rows] == [r["index"] for r in keras_rows]
+
+
+def test_onnx_errors(exported: dict, tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no SavedModel at .*saved_model.pb missing"):
+        export_onnx(exported["model_dir"], tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"not a protobuf")
+    with pytest.raises(ArtifactError, match=f"{fake} is not an ONNX model onnxruntime can load"):
+        load_predict_model(fake)
+    with pytest.raises(ArtifactError, match="no ONNX model at"):
+        onnx_logits(tmp_path / "none.onnx", exported["x"][:1])
