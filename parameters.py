@@ -19,6 +19,7 @@ from kd.config import (
     EvalConfig,
     ExportConfig,
     GateConfig,
+    RegistryConfig,
     SplitConfig,
     StudentConfig,
     SweepConfig,
@@ -144,7 +145,7 @@ def _training_configs(params: dict[str, Any]) -> dict[str, Any]:
 def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
     """The config of every stage of the main pipeline, built from its parameters as the
     components build them: ``split``, ``teacher``, ``student``, ``distill``, ``evaluate``,
-    ``gate``, and ``export_check_images``."""
+    ``gate``, ``export``, ``export_check_images`` and ``registry``."""
     return {
         **_training_configs(params),
         "distill": _stage_config(
@@ -169,7 +170,13 @@ def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
             calibration_images=params["calibration_images"],
         ),
         "export_check_images": params["export_check_images"],
+        "registry": registry_config(params),
     }
+
+
+def registry_config(params: dict[str, Any]) -> RegistryConfig:
+    """The Model Registry step's config, from the ``registry_*`` parameters."""
+    return _stage_config(RegistryConfig, "registry_", params)
 
 
 def check_teacher_model(value: str, target: str = "local") -> None:
@@ -225,6 +232,12 @@ def _validate(params: dict[str, Any], target: str) -> None:
     if target not in TARGETS:
         raise ParameterError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
     check_teacher_model(params.get("teacher_model", ""), target)
+    if params.get("registry_upload") and target != "vertex":
+        raise ParameterError(
+            "registry_upload=true registers the model in the Vertex AI Model Registry, which "
+            "reads it from Cloud Storage. Fix: submit to Vertex AI (pipeline.py submit --target "
+            "vertex), or leave registry_upload false"
+        )
     if "grid" not in params:
         stage_configs(params)
         return

@@ -30,6 +30,7 @@ from components.distill_student import distill_student
 from components.evaluate import evaluate
 from components.export_model import export_model
 from components.image import IMAGE
+from components.register_model import register_model
 from components.select_best_student import select_best_student
 from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
@@ -41,6 +42,7 @@ from kd.config import (
     EvalConfig,
     ExportConfig,
     GateConfig,
+    RegistryConfig,
     ResourceConfig,
     SplitConfig,
     StudentConfig,
@@ -79,6 +81,7 @@ _S, _T, _ST, _D = (
 _E, _G = defaults(EvalConfig), defaults(GateConfig)
 _TS = defaults(TeacherSourceConfig)
 _X, _SW, _R = defaults(ExportConfig), defaults(SweepConfig), ResourceConfig()
+_RG = defaults(RegistryConfig)
 # The fields of a training stage (each a teacher_* and a student_* pipeline parameter).
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -215,6 +218,20 @@ def make_pipeline(res: Resources | None = None) -> Any:
         refuse_collapsed: bool = _G["refuse_collapsed"],
         export_check_images: int = _X["check_images"],
         calibration_images: int = _X["calibration_images"],
+        registry_upload: bool = _RG["upload"],
+        registry_serving_image: str = _RG["serving_image"],
+        registry_project: str = _RG["project"],
+        registry_location: str = _RG["location"],
+        registry_display_name: str = _RG["display_name"],
+        registry_parent_model: str = _RG["parent_model"],
+        registry_version_aliases: str = _RG["version_aliases"],
+        registry_api_endpoint: str = _RG["api_endpoint"],
+        registry_deploy_endpoint: str = _RG["deploy_endpoint"],
+        registry_machine_type: str = _RG["machine_type"],
+        registry_accelerator_type: str = _RG["accelerator_type"],
+        registry_accelerator_count: int = _RG["accelerator_count"],
+        registry_min_replicas: int = _RG["min_replicas"],
+        registry_max_replicas: int = _RG["max_replicas"],
     ):
         """Teacher, distilled student and scratch student on CIFAR-10, evaluated side by side.
 
@@ -279,6 +296,16 @@ def make_pipeline(res: Resources | None = None) -> Any:
                 res,
             )
             export.set_display_name("export blessed student")
+            with dsl.If(registry_upload == True, name="model-registry"):  # noqa: E712
+                register = _light(
+                    register_model(
+                        blessed=export.outputs["blessed"],
+                        metrics=ev.outputs["metrics"],
+                        **{k: v[k] for k in v if k.startswith("registry_")},
+                    ),
+                    res,
+                )
+                register.set_display_name("register in Vertex AI Model Registry")
 
     return kd_pipeline
 
@@ -508,6 +535,12 @@ def main(argv: list[str] | None = None) -> int:
         import parameters
 
         given = {key: submit._param_value(value) for key, value in (args.param or [])}
+        if given.get("registry_upload") is True and args.target == "vertex":
+            # The Model Registry of the run's own project and region, unless told otherwise.
+            for key, flag in (("registry_project", "project"), ("registry_location", "region")):
+                if not given.get(key) and getattr(args, flag, None):
+                    given[key] = getattr(args, flag)
+                    args.param = [*(args.param or []), (key, given[key])]
         try:  # every parameter checked before any network call
             resolved = parameters.resolve(given, args.pipeline, target=args.target)
             parameters.check_teacher_exists(resolved.get("teacher_model", ""))

@@ -17,7 +17,7 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from kd.errors import ConfigError
 
@@ -56,7 +56,7 @@ GRID_KEYS = ("temperature", "alpha", *LOSS_KEYS)
 T = TypeVar("T")
 
 
-def _fail(field_name: str, value: Any, fix: str) -> None:
+def _fail(field_name: str, value: Any, fix: str) -> NoReturn:
     raise ConfigError(f"invalid {field_name}={value!r}: {fix}")
 
 
@@ -443,6 +443,152 @@ class ExportConfig:
     def __post_init__(self) -> None:
         _check_int("export_check_images", self.check_images, 0)
         _check_int("calibration_images", self.calibration_images, 1)
+
+
+#: A Vertex AI resource name of a model / an endpoint (no version suffix).
+_MODEL_NAME = re.compile(r"^projects/[^/\s]+/locations/([^/\s]+)/models/[^/@\s]+$")
+_ENDPOINT_NAME = re.compile(r"^projects/[^/\s]+/locations/([^/\s]+)/endpoints/[^/\s]+$")
+#: Vertex AI's rule for a version alias: lower case, digits and dashes, starting with a letter.
+_ALIAS = re.compile(r"^[a-z][a-z0-9-]{0,126}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Registering the blessed student in the Vertex AI Model Registry after a passed gate,
+    and optionally deploying it to an endpoint (:mod:`kd.registry`).
+
+    Args:
+        upload: register the blessed SavedModel (off by default; the other fields are then
+            unused).
+        serving_image: the serving container image URI (required with ``upload``); its
+            TensorFlow must load a SavedModel of this project's TensorFlow (README: "Serve").
+        project: the Google Cloud project of the registry (``pipeline.py submit --target
+            vertex`` fills in its ``--project`` when empty).
+        location: the registry's region (``submit`` fills in its ``--region`` when empty).
+        display_name: the model's display name.
+        parent_model: ``projects/P/locations/L/models/ID``: upload as a new version of that
+            model ("" = a new model).
+        version_aliases: comma-separated aliases of the new version (Vertex moves an alias
+            to the newest version that claims it).
+        api_endpoint: the Vertex AI API endpoint ("" = ``https://LOCATION-aiplatform.
+            googleapis.com``; e.g. a Private Service Connect endpoint). Over plain
+            ``http://`` no credential is sent.
+        deploy_endpoint: ``projects/P/locations/L/endpoints/ID``: deploy the new version
+            there with all the traffic ("" = no deployment).
+        machine_type: the deployment's machine type.
+        accelerator_type: e.g. ``NVIDIA_TESLA_T4`` ("" = none).
+        accelerator_count: accelerators per replica (0 without an accelerator type).
+        min_replicas: the deployment's minimum replica count (>= 1).
+        max_replicas: its maximum (>= ``min_replicas``).
+    """
+
+    upload: bool = False
+    serving_image: str = ""
+    project: str = ""
+    location: str = ""
+    display_name: str = "kd-student"
+    parent_model: str = ""
+    version_aliases: str = "blessed"
+    api_endpoint: str = ""
+    deploy_endpoint: str = ""
+    machine_type: str = "n1-standard-4"
+    accelerator_type: str = ""
+    accelerator_count: int = 0
+    min_replicas: int = 1
+    max_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "serving_image", "project", "location", "display_name", "parent_model",
+            "version_aliases", "api_endpoint", "deploy_endpoint", "machine_type",
+            "accelerator_type",
+        ):  # fmt: skip
+            if not isinstance(getattr(self, name), str):
+                _fail(f"registry_{name}", getattr(self, name), "must be a string")
+        if not isinstance(self.upload, bool):
+            _fail("registry_upload", self.upload, "must be true or false")
+        _check_int("registry_accelerator_count", self.accelerator_count, 0)
+        _check_int("registry_min_replicas", self.min_replicas, 1)
+        _check_int("registry_max_replicas", self.max_replicas, 1)
+        if self.max_replicas < self.min_replicas:
+            _fail(
+                "registry_max_replicas",
+                self.max_replicas,
+                f"must be >= registry_min_replicas ({self.min_replicas})",
+            )
+        if self.accelerator_type:
+            from google.cloud.aiplatform_v1.types import AcceleratorType
+
+            known = [a.name for a in AcceleratorType if a.value]  # type: ignore[attr-defined]
+            if self.accelerator_type not in known:
+                _fail(
+                    "registry_accelerator_type",
+                    self.accelerator_type,
+                    f"choose one of {', '.join(known[:6])}, ... (Vertex AI's AcceleratorType)",
+                )
+        if bool(self.accelerator_type) != (self.accelerator_count > 0):
+            _fail(
+                "registry_accelerator_count",
+                self.accelerator_count,
+                "must be > 0 exactly when registry_accelerator_type is set (e.g. "
+                "registry_accelerator_type=NVIDIA_TESLA_T4 registry_accelerator_count=1)",
+            )
+        if self.deploy_endpoint and not self.upload:
+            _fail(
+                "registry_deploy_endpoint",
+                self.deploy_endpoint,
+                "must be empty unless registry_upload=true: only a registered model can be "
+                "deployed",
+            )
+        if not self.upload:
+            return
+        if not self.serving_image.strip():
+            _fail(
+                "registry_serving_image",
+                self.serving_image,
+                "must name a serving container image with registry_upload=true, e.g. "
+                "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest (README: Serve)",
+            )
+        for name in ("project", "location", "display_name"):
+            if not getattr(self, name).strip():
+                _fail(
+                    f"registry_{name}",
+                    getattr(self, name),
+                    f"must be set with registry_upload=true (pass --param registry_{name}=...; "
+                    "pipeline.py submit --target vertex fills in project and location)",
+                )
+        for name, value, pattern, what in (
+            ("registry_parent_model", self.parent_model, _MODEL_NAME, "models"),
+            ("registry_deploy_endpoint", self.deploy_endpoint, _ENDPOINT_NAME, "endpoints"),
+        ):
+            if not value:
+                continue
+            m = pattern.match(value)
+            if m is None:
+                _fail(
+                    name,
+                    value,
+                    f"must be a{'n' if what[0] == 'e' else ''} {what[:-1]} resource name "
+                    f"projects/PROJECT/locations/REGION/{what}/ID",
+                )
+            if m.group(1) != self.location:
+                _fail(
+                    name,
+                    value,
+                    f"must be in registry_location {self.location!r}, not {m.group(1)!r}",
+                )
+        for alias in self.aliases():
+            if not _ALIAS.match(alias):
+                _fail(
+                    "registry_version_aliases",
+                    self.version_aliases,
+                    "must be lower-case letters, digits and dashes, starting with a letter "
+                    f"(alias {alias!r}; e.g. blessed,candidate)",
+                )
+
+    def aliases(self) -> list[str]:
+        """The version aliases, split on commas."""
+        return [a.strip() for a in self.version_aliases.split(",") if a.strip()]
 
 
 def _default_grid() -> list[dict[str, Any]]:

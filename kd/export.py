@@ -556,7 +556,7 @@ def onnx_session(path: str | Path, num_threads: int | None = None) -> Any:
 def onnx_logits(path: str | Path | Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Float32 (N, 10) logits of the ONNX model (a path or an :func:`onnx_session`) on uint8
     or float (N, 32, 32, 3) images in 0-255."""
-    sess = path if hasattr(path, "get_inputs") else onnx_session(path)
+    sess: Any = path if hasattr(path, "get_inputs") else onnx_session(path)
     name = sess.get_inputs()[0].name
     x = _check_images(x, "images").astype(np.float32, copy=False)
     parts = [sess.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]

@@ -1336,6 +1336,11 @@ CLI_CASES = [
         id="dkd-without-weights",
     ),
     pytest.param(
+        ["--param", "registry_upload=true"],
+        ("registry_upload=true", "Fix: submit to Vertex AI"),
+        id="registry-upload-in-a-local-run",
+    ),
+    pytest.param(
         ["--param", "teacher_learning_rate=NaN"],
         ("learning_rate=nan", "finite"),
         id="learning-rate-nan",
@@ -1560,6 +1565,9 @@ def test_local_runner_refuses_a_missing_teacher_before_any_stage(tmp_path: Path)
     assert not [p for p in root.iterdir() if p.is_dir() and p.name != "teachers"]
 
 
+VERTEX = ["--target", "vertex", "--project", "p", "--region", "us-central1"]
+VERTEX += ["--pipeline-root", "gs://b/root"]
+REGISTRY = ["--param", "registry_upload=true", "--param", "registry_serving_image=img:1"]
 SUBMIT_TEACHER_CASES = [
     pytest.param(
         ["--target", "vertex", "--project", "p", "--region", "us-central1"]
@@ -1587,6 +1595,57 @@ SUBMIT_TEACHER_CASES = [
         ["--target", "kfp", "--host", "http://127.0.0.1:9", "--param", "calibration_images=-5"],
         ("invalid calibration_images=-5", "must be"),
         id="negative-calibration-images",
+    ),
+    pytest.param(
+        [*VERTEX, "--param", "registry_upload=true"],
+        ("invalid registry_serving_image=''", "must name a serving container image"),
+        id="registry-upload-without-serving-image",
+    ),
+    pytest.param(
+        [*VERTEX, *REGISTRY, "--param", "registry_parent_model=kd-student"],
+        ("invalid registry_parent_model='kd-student'", "must be a model resource name"),
+        id="registry-parent-model-not-a-resource-name",
+    ),
+    pytest.param(  # --region us-central1 is the registry's region unless told otherwise
+        [*VERTEX, *REGISTRY, "--param"]
+        + ["registry_parent_model=projects/p/locations/europe-west4/models/5"],
+        ("invalid registry_parent_model", "must be in registry_location 'us-central1'"),
+        id="registry-parent-model-in-another-region",
+    ),
+    pytest.param(
+        [
+            *VERTEX,
+            "--param",
+            "registry_deploy_endpoint=projects/p/locations/us-central1/endpoints/1",
+        ],
+        ("invalid registry_deploy_endpoint", "must be empty unless registry_upload=true"),
+        id="registry-deploy-without-upload",
+    ),
+    pytest.param(
+        [*VERTEX, *REGISTRY, "--param", "registry_accelerator_count=1"],
+        ("invalid registry_accelerator_count=1", "registry_accelerator_type is set"),
+        id="registry-accelerator-count-without-type",
+    ),
+    pytest.param(
+        [*VERTEX, *REGISTRY, "--param", "registry_accelerator_type=T4"],
+        ("invalid registry_accelerator_type='T4'", "NVIDIA_TESLA_T4"),
+        id="registry-unknown-accelerator",
+    ),
+    pytest.param(
+        [*VERTEX, *REGISTRY, "--param", "registry_min_replicas=3", "--param"]
+        + ["registry_max_replicas=2"],
+        ("invalid registry_max_replicas=2", "must be >= registry_min_replicas (3)"),
+        id="registry-max-replicas-below-min",
+    ),
+    pytest.param(
+        [*VERTEX, *REGISTRY, "--param", "registry_version_aliases=Blessed"],
+        ("alias 'Blessed'", "must be lower-case letters"),
+        id="registry-bad-alias",
+    ),
+    pytest.param(
+        ["--target", "kfp", "--host", "http://127.0.0.1:9", "--param", "registry_upload=true"],
+        ("registry_upload=true", "Fix: submit to Vertex AI"),
+        id="registry-upload-on-kfp",
     ),
 ]
 

@@ -229,3 +229,28 @@ def test_training_parameter_descriptions_are_the_config_field_docs(tmp_path):
         assert {name: p.get("description") for name, p in params.items()} == field_docs(cls)
         artifacts = comps[comp]["inputDefinitions"]["artifacts"]
         assert all(a.get("description") for a in artifacts.values()), comp
+
+
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+def test_model_registry_step_runs_after_the_gate_only_when_asked(tmp_path, target):
+    from kd.config import RegistryConfig, defaults
+
+    spec = _compile(tmp_path, res=pipeline.Resources(target=target))
+    name, condition = _branch(spec, "register-model")
+    assert name == "model-registry" and "registry_upload" in condition
+    key = next(k for k, t in _all_tasks(spec).items() if t["taskInfo"]["name"] == name)
+    outer, gate = _branch(spec, key)
+    assert outer == "quality-gate" and "evaluate-Output" in gate
+    arts = _all_tasks(spec)["register-model"]["inputs"]["artifacts"]
+    assert arts["blessed"] == {"componentInputArtifact": "pipelinechannel--export-model-blessed"}
+    assert arts["metrics"] == {"componentInputArtifact": "pipelinechannel--evaluate-metrics"}
+    # ... which the branch takes from the export and the evaluation
+    into = _all_tasks(spec)[key]["inputs"]["artifacts"]
+    assert into["pipelinechannel--export-model-blessed"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "blessed",
+        "producerTask": "export-model",
+    }
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for field, value in defaults(RegistryConfig).items():
+        assert params[f"registry_{field}"].get("defaultValue", value) == value, field
+    assert params["registry_upload"]["defaultValue"] is False

@@ -1,0 +1,104 @@
+"""A local HTTP server that speaks the Vertex AI REST calls of :mod:`kd.registry`.
+
+``models.upload`` and ``endpoints.deployModel`` each answer a long-running operation that is
+not done; the first poll of it (``GET /v1/{operation}`` or ``/ui/...``) answers done with the
+response, as Vertex AI does. Every request is recorded (method, path, JSON body, headers) for
+the tests to assert what was sent. ``fail_with`` makes the upload answer an HTTP error instead.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+V1 = "type.googleapis.com/google.cloud.aiplatform.v1."
+
+
+class FakeVertex:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.operations: dict[str, dict[str, Any]] = {}
+        self.fail_with: tuple[int, str] | None = None
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _send(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _record(self) -> dict[str, Any]:
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if n else b""
+                entry = {
+                    "method": self.command,
+                    "path": self.path.split("?")[0],
+                    "body": json.loads(raw) if raw else None,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                }
+                fake.requests.append(entry)
+                return entry
+
+            def do_POST(self) -> None:  # noqa: N802
+                req = self._record()
+                path = req["path"]
+                if path.endswith("/models:upload"):
+                    if fake.fail_with:
+                        code, status = fake.fail_with
+                        self._send(
+                            code, {"error": {"code": code, "message": "denied", "status": status}}
+                        )
+                        return
+                    parent = path[len("/v1/") : -len("/models:upload")]
+                    body = req["body"]
+                    model = body.get("parentModel") or f"{parent}/models/4242"
+                    version = "2" if body.get("parentModel") else "1"
+                    response = {"@type": V1 + "UploadModelResponse", "model": model}
+                    response["modelVersionId"] = version
+                    self._send(200, fake._operation(f"{model}/operations/1", response))
+                elif path.endswith(":deployModel"):
+                    endpoint = path[len("/v1/") : -len(":deployModel")]
+                    response = {"@type": V1 + "DeployModelResponse", "deployedModel": {"id": "77"}}
+                    self._send(200, fake._operation(f"{endpoint}/operations/2", response))
+                else:
+                    self._send(
+                        404, {"error": {"code": 404, "message": path, "status": "NOT_FOUND"}}
+                    )
+
+            def do_GET(self) -> None:  # noqa: N802
+                req = self._record()
+                # The client polls an operation at /ui/NAME (its first HTTP rule) or /v1/NAME.
+                name = req["path"].split("/", 2)[2]
+                if name in fake.operations:
+                    self._send(200, {"name": name, "done": True, **fake.operations[name]})
+                else:
+                    self._send(
+                        404, {"error": {"code": 404, "message": name, "status": "NOT_FOUND"}}
+                    )
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _operation(self, name: str, response: dict[str, Any]) -> dict[str, Any]:
+        self.operations[name] = {"response": response}
+        return {"name": name, "done": False}
+
+    def calls(self, method: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.requests if method is None or r["method"] == method]
+
+    def __enter__(self) -> FakeVertex:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
