@@ -47,6 +47,9 @@ def distill_student(
     dkd_beta: float,
     dist_beta: float,
     dist_gamma: float,
+    feature_weight: float,
+    teacher_feature_layer: str,
+    student_feature_layer: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -54,7 +57,8 @@ def distill_student(
 
     Loss: ``alpha * CE(y, s) + (1 - alpha) * D(t, s)``, batch mean, ``D`` the soft loss of
     ``kd_loss`` (``hinton``: ``T^2 * KL(softmax(t/T) || softmax(s/T))``; ``dkd``, ``dist``:
-    kd.distill); the teacher is frozen and runs in inference mode. Resumes from its last
+    kd.distill; ``feature_weight`` > 0 adds ``feature_weight * MSE`` of named layers' outputs to
+    ``D``); the teacher is frozen and runs in inference mode. Resumes from its last
     epoch on retry.
     """
     from kd.config import DistillConfig, from_dict

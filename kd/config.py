@@ -49,7 +49,17 @@ MAX_TEACHER_VIEWS = 64
 #: The distillation losses (:mod:`kd.distill`): Hinton's KD, decoupled KD, DIST.
 KD_LOSSES = ("hinton", "dkd", "dist")
 #: The distillation loss's fields of DistillConfig (beside temperature and alpha).
-LOSS_KEYS = ("kd_loss", "logit_standardization", "dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma")
+LOSS_KEYS = (
+    "kd_loss",
+    "logit_standardization",
+    "dkd_alpha",
+    "dkd_beta",
+    "dist_beta",
+    "dist_gamma",
+    "feature_weight",
+    "teacher_feature_layer",
+    "student_feature_layer",
+)
 #: The per-point keys a sweep grid may set (``temperature`` and ``alpha`` are required).
 GRID_KEYS = ("temperature", "alpha", *LOSS_KEYS)
 
@@ -299,6 +309,18 @@ class DistillConfig(StudentConfig):
         dist_beta: DIST's weight of the inter-class relation (per image, across classes); >= 0.
         dist_gamma: DIST's weight of the intra-class relation (per class, across the batch);
             >= 0.
+        feature_weight: ``w`` of a feature term added to ``D``: ``D + w * MSE(f_t,
+            P(f_s))``, the mean squared difference between the teacher's activations at
+            ``teacher_feature_layer`` and the student's at ``student_feature_layer`` mapped by
+            ``P``, a trainable projection (1x1 convolution, or dense for vectors) to the
+            teacher's width when the widths differ, else the identity (FitNets, Romero et
+            al., 2015; ``keras.distillation.FeatureDistillation``). 0 (default): no feature
+            term. Needs the online teacher (``teacher_views=0``): the cache holds logits.
+        teacher_feature_layer: the teacher's layer (its name in the teacher model) whose
+            output is ``f_t``; needed with ``feature_weight > 0``.
+        student_feature_layer: the student's layer whose output is ``f_s``; its spatial
+            shape must equal the teacher layer's (e.g. the seed preset: ``pool2`` (8, 8, 64)
+            against the seed teacher's ``b2_pool`` (8, 8, 128)).
         teacher_views: 0 (default) runs the teacher online, on every training batch. K >= 1
             caches the teacher instead: before training, its logits for K augmented views
             (crop + flip) of every training image are computed once (K teacher passes over
@@ -318,6 +340,9 @@ class DistillConfig(StudentConfig):
     dkd_beta: float = 8.0
     dist_beta: float = 1.0
     dist_gamma: float = 1.0
+    feature_weight: float = 0.0
+    teacher_feature_layer: str = ""
+    student_feature_layer: str = ""
 
     def loss_label(self) -> str:
         """The loss's short name (:func:`loss_label`), e.g. ``hinton`` or ``dkd(1, 8)+LS``."""
@@ -354,6 +379,18 @@ class DistillConfig(StudentConfig):
                 "(DIST's Pearson correlations already ignore each distribution's shift and "
                 "scale)",
             )
+        _check_float("feature_weight", self.feature_weight, 0.0, 1000.0)
+        for name in ("teacher_feature_layer", "student_feature_layer"):
+            if not isinstance(getattr(self, name), str):
+                _fail(name, getattr(self, name), "must be a layer name (a string)")
+            if self.feature_weight > 0 and not getattr(self, name).strip():
+                _fail(
+                    name,
+                    getattr(self, name),
+                    f"must name a layer with feature_weight={self.feature_weight} (e.g. "
+                    "teacher_feature_layer=b2_pool student_feature_layer=pool2 for the seed "
+                    "preset), or set feature_weight=0",
+                )
         _check_int("teacher_views", self.teacher_views, 0)
         if self.teacher_views > MAX_TEACHER_VIEWS:
             _fail(
@@ -368,6 +405,13 @@ class DistillConfig(StudentConfig):
                 self.teacher_views,
                 "must be 0 or 1 with augment=False (without augmentation every view is the "
                 "same image); set augment=True to cache several views",
+            )
+        if self.feature_weight > 0 and self.teacher_views > 0:
+            _fail(
+                "teacher_views",
+                self.teacher_views,
+                "must be 0 with feature_weight > 0: the cache holds the teacher's logits, "
+                "not its features; run the teacher online (teacher_views=0)",
             )
 
 
@@ -612,7 +656,8 @@ def loss_label(config: dict[str, Any]) -> str:
         "dkd": f"dkd({c['dkd_alpha']:g}, {c['dkd_beta']:g})",
         "dist": f"dist({c['dist_beta']:g}, {c['dist_gamma']:g})",
     }.get(c["kd_loss"], c["kd_loss"])
-    return name + ("+LS" if c["logit_standardization"] else "")
+    name += "+LS" if c["logit_standardization"] else ""
+    return name + (f"+feat({c['feature_weight']:g})" if c["feature_weight"] else "")
 
 
 @dataclass(frozen=True)

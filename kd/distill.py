@@ -18,6 +18,9 @@ chosen by ``DistillConfig.kd_loss`` (:func:`distillation_loss`):
   softened distributions, across classes and across the batch.
 - ``logit_standardization`` (Sun et al., 2024) z-scores both logit vectors first
   (:func:`standardize_logits`), with ``hinton`` or ``dkd``.
+- ``feature_weight`` ``w`` > 0 adds a feature term, ``D + w * MSE(f_t, P(f_s))``, through
+  ``keras.distillation.FeatureDistillation`` on named layers, ``P`` a trainable projection
+  to the teacher's width (:func:`feature_training_model`).
 
 We use Keras 3's ``keras.distillation.Distiller`` with ``LogitsDistillation``: the teacher is
 frozen (``trainable = False``) and called with ``training=False`` (no dropout, BatchNorm in
@@ -55,6 +58,7 @@ from kd.train import (
     CHECKPOINT_DIR,
     IMAGE_KEY,
     TEACHER_KEY,
+    CropFlip,
     Log,
     TrainResult,
     batch_inputs,
@@ -341,6 +345,81 @@ def distillation_loss(cfg: DistillConfig) -> Any:
     return cls(temperature=temperature, loss=keras.losses.KLDivergence())
 
 
+#: The names under which the fit models expose the distilled features (the layers named in
+#: the config are inside the nested teacher and student; Keras' feature extractor looks for a
+#: top-level layer of the model it is given).
+TEACHER_FEATURES, STUDENT_FEATURES = "kd_teacher_features", "kd_student_features"
+PROJECTION = "kd_projection"
+
+
+class Carry(keras.layers.Layer):
+    """``[logits, features] -> logits``: keeps the feature branch of a
+    :func:`feature_training_model` on the path to its output (a Functional model holds only
+    the layers between its inputs and outputs), so Keras' feature extractor finds it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs: Any) -> Any:
+        return inputs[0]
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape[0]
+
+
+def _layer_output(model: Any, name: str, role: str) -> Any:
+    try:
+        layer = model.get_layer(name)
+    except ValueError:
+        names = ", ".join(lyr.name for lyr in model.layers)
+        raise ConfigError(
+            f"invalid {role}_feature_layer={name!r}: the {role} {model.name!r} has no layer of "
+            f"that name. Fix: pass one of {names}"
+        ) from None
+    return layer.output
+
+
+def feature_training_model(
+    model: Any, layer: str, role: str, project_to: tuple[int, ...] | None = None
+) -> Any:
+    """``model`` behind a :class:`CropFlip` (as :func:`kd.train.training_model`: same inputs,
+    the same logits out, ``model``'s variables) that also exposes the output of its layer
+    ``layer`` as the top-level layer :data:`TEACHER_FEATURES` / :data:`STUDENT_FEATURES`
+    (``role`` ``teacher`` / ``student``). With ``project_to`` (the teacher's feature shape,
+    student only) the features first go through :data:`PROJECTION`, a 1x1 convolution (or a
+    dense layer for vectors) to the teacher's width when it differs; its weights belong to this
+    fit model, not to ``model`` (the stage saves ``model`` alone)."""
+    feats = _layer_output(model, layer, role)
+    inner = keras.Model(model.inputs, [model.outputs[0], feats], name=f"{model.name}_features")
+    inputs = batch_inputs(model.input_shape[1:], False)
+    x = CropFlip(4, name="crop_flip")([inputs[IMAGE_KEY], inputs[AUGMENT_KEY]])
+    logits, f = inner(x)
+    if project_to is not None:
+        have = tuple(feats.shape[1:])
+        if have[:-1] != tuple(project_to[:-1]):
+            raise ConfigError(
+                f"invalid student_feature_layer={layer!r}: its output {have} and the teacher "
+                f"layer's {tuple(project_to)} differ in more than the width (channels). Fix: "
+                "pick a student layer of the teacher layer's spatial size"
+            )
+        if have[-1] != project_to[-1]:
+            cls = keras.layers.Conv2D if len(have) == 3 else keras.layers.Dense
+            args = (project_to[-1], 1) if len(have) == 3 else (project_to[-1],)
+            f = cls(*args, name=PROJECTION, dtype="float32")(f)
+    name = TEACHER_FEATURES if role == "teacher" else STUDENT_FEATURES
+    f = keras.layers.Identity(name=name, dtype="float32")(f)
+    return keras.Model(inputs, Carry(name="logits_out")([logits, f]), name=f"{model.name}_fit")
+
+
+def feature_loss() -> Any:
+    """The feature term: Keras' ``FeatureDistillation`` (mean squared error) between the
+    :func:`feature_training_model` layers of teacher and student."""
+    return keras.distillation.FeatureDistillation(
+        loss="mse", teacher_layer_name=TEACHER_FEATURES, student_layer_name=STUDENT_FEATURES
+    )
+
+
 class Distiller(keras.distillation.Distiller):
     """Keras' ``Distiller``, which also hands each step's labels to the losses that need them
     (:class:`DecoupledKD`): Keras 3.15's ``Distiller.compute_loss`` calls each loss's
@@ -373,17 +452,24 @@ def make_distiller(teacher: Any, student: Any, cfg: DistillConfig) -> Any:
     Args:
         teacher: the trained teacher (frozen here: ``trainable = False``).
         student: the student to train (logits out).
-        cfg: temperature ``T`` and ``alpha`` (the weight of the hard loss).
+        cfg: temperature ``T``, ``alpha`` (the weight of the hard loss), the loss and the
+            feature term's weight ``feature_weight`` (Keras weighs each distillation loss
+            and multiplies their sum by ``1 - alpha``).
 
     Returns:
         An uncompiled Distiller; compile it with :func:`compile_distiller`.
     """
     check_compatible(teacher, student)
     teacher.trainable = False
+    losses, weights = [distillation_loss(cfg)], [1.0]
+    if cfg.feature_weight > 0:  # the fit models of feature_training_model
+        losses.append(feature_loss())
+        weights.append(float(cfg.feature_weight))
     return Distiller(
         teacher=teacher,
         student=student,
-        distillation_losses=distillation_loss(cfg),
+        distillation_losses=losses,
+        distillation_loss_weights=weights,
         student_loss_weight=float(cfg.alpha),
     )
 
@@ -536,11 +622,14 @@ def distill_trainer(teacher: Any, cfg: DistillConfig, steps: int) -> tuple[Any, 
     student = build_model(cfg.preset, "student", seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     check_compatible(teacher, student)
     cached = cfg.teacher_views > 0
-    distiller = make_distiller(
-        cached_teacher() if cached else training_model(teacher),
-        training_model(student, teacher_logits=cached),
-        cfg,
-    )
+    if cfg.feature_weight > 0:
+        t_fit = feature_training_model(teacher, cfg.teacher_feature_layer, "teacher")
+        shape = tuple(t_fit.get_layer(TEACHER_FEATURES).output.shape[1:])
+        s_fit = feature_training_model(student, cfg.student_feature_layer, "student", shape)
+    else:
+        t_fit = cached_teacher() if cached else training_model(teacher)
+        s_fit = training_model(student, teacher_logits=cached)
+    distiller = make_distiller(t_fit, s_fit, cfg)
     keras.utils.set_random_seed(cfg.seed)
     compile_distiller(distiller, make_optimizer(cfg, steps), cfg)
     # Built, so a resume can load.

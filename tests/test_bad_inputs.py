@@ -1336,6 +1336,17 @@ CLI_CASES = [
         id="dkd-without-weights",
     ),
     pytest.param(
+        ["--param", "feature_weight=0.5"],
+        ("invalid teacher_feature_layer=''", "must name a layer with feature_weight=0.5"),
+        id="feature-weight-without-layers",
+    ),
+    pytest.param(
+        ["--param", "feature_weight=0.5", "--param", "teacher_feature_layer=b2_pool"]
+        + ["--param", "student_feature_layer=pool2"],
+        ("invalid teacher_views=4", "must be 0 with feature_weight > 0"),
+        id="feature-weight-with-cached-teacher",
+    ),
+    pytest.param(
         ["--param", "registry_upload=true"],
         ("registry_upload=true", "Fix: submit to Vertex AI"),
         id="registry-upload-in-a-local-run",

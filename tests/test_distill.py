@@ -235,3 +235,87 @@ def test_logit_standardization_ignores_the_students_shift_and_scale(kd_loss):
 
     assert loss(moved, True) == pytest.approx(loss(s, True), rel=1e-4)
     assert abs(loss(moved, False) - loss(s, False)) > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature distillation (feature_weight > 0): the distiller distill_student builds
+# ----------------------------------------------------------------------------------------------
+
+FEATURES = dict(epochs=1, batch_size=8, divergence_check_epoch=0, feature_weight=0.5, alpha=0.3)
+
+
+def _feature_batch(n: int = 8):
+    from kd.train import AUGMENT_KEY, IMAGE_KEY, identity_augmentation
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+    y = rng.integers(0, 10, n)
+    return x, y, {IMAGE_KEY: x, AUGMENT_KEY: identity_augmentation(n)}
+
+
+def _layer(model, name, x):
+    return np.asarray(keras.Model(model.inputs, model.get_layer(name).output)(x))
+
+
+@pytest.mark.parametrize(
+    ("teacher_layer", "student_layer", "projected"),
+    [("b2_pool", "pool2", True), ("b1_pool", "conv2", False), ("fc", "fc", True)],
+    ids=["conv-64-to-128", "conv-same-width", "dense-128-to-512"],
+)
+def test_the_feature_term_is_w_times_the_mse_of_the_projected_features(
+    teacher_layer, student_layer, projected
+):
+    from kd.distill import PROJECTION, distill_trainer
+    from kd.models import build_model
+
+    teacher = build_model("seed", "teacher", seed=1)
+    cfg = DistillConfig(
+        teacher_feature_layer=teacher_layer, student_feature_layer=student_layer, **FEATURES
+    )
+    student, d = distill_trainer(teacher, cfg, 10)
+    x, y, batch = _feature_batch()
+    loss = float(d.compute_loss(x=batch, y=y, y_pred=d(batch), training=False))
+    xf = x.astype("float32")
+    t_logits = np.asarray(teacher(xf, training=False))
+    s_logits = np.asarray(student(xf, training=False))
+    f_t, f_s = _layer(teacher, teacher_layer, xf), _layer(student, student_layer, xf)
+    names = [lyr.name for lyr in d.student.layers]
+    assert (PROJECTION in names) == projected
+    if projected:
+        f_s = np.asarray(d.student.get_layer(PROJECTION)(f_s))
+    want = kd_loss_reference(y, s_logits, t_logits, cfg.temperature, cfg.alpha)
+    want += (1 - cfg.alpha) * cfg.feature_weight * float(np.mean((f_t - f_s) ** 2))
+    assert loss == pytest.approx(want, rel=1e-4)
+
+
+def test_a_feature_step_trains_student_and_projection_not_teacher():
+    from kd.distill import PROJECTION, distill_trainer
+    from kd.models import build_model
+
+    teacher = build_model("seed", "teacher", seed=1)
+    cfg = DistillConfig(teacher_feature_layer="b2_pool", student_feature_layer="pool2", **FEATURES)
+    student, d = distill_trainer(teacher, cfg, 10)
+    t0 = [w.copy() for w in teacher.get_weights()]
+    s0 = [w.copy() for w in student.get_weights()]
+    p0 = d.student.get_layer(PROJECTION).get_weights()[0].copy()
+    _, y, batch = _feature_batch()
+    d.fit(batch, y, epochs=1, batch_size=8, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(t0, teacher.get_weights(), strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(s0, student.get_weights(), strict=True))
+    assert not np.array_equal(p0, d.student.get_layer(PROJECTION).get_weights()[0])
+    # the saved student is the plain model: no projection in it
+    assert PROJECTION not in [lyr.name for lyr in student.layers]
+
+
+def test_feature_layers_that_do_not_fit_are_clear_errors():
+    from kd.distill import distill_trainer
+    from kd.errors import ConfigError
+    from kd.models import build_model
+
+    teacher = build_model("seed", "teacher", seed=1)
+    bad = DistillConfig(teacher_feature_layer="b9_pool", student_feature_layer="pool2", **FEATURES)
+    with pytest.raises(ConfigError, match=r"teacher_feature_layer='b9_pool'.*Fix: pass one of"):
+        distill_trainer(teacher, bad, 10)
+    bad = DistillConfig(teacher_feature_layer="b3_pool", student_feature_layer="pool2", **FEATURES)
+    with pytest.raises(ConfigError, match=r"\(8, 8, 64\) and the teacher layer's \(4, 4, 256\)"):
+        distill_trainer(teacher, bad, 10)

@@ -263,7 +263,8 @@ def _kill_after_epochs(args: list[str], history: Path, epochs: int, env: dict) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "stage", ["teacher", "scratch", "distill", "distill-cached", "distill-dkd-cached"]
+    "stage",
+    ["teacher", "scratch", "distill", "distill-cached", "distill-dkd-cached", "distill-features"],
 )
 def test_resume_after_kill_matches_uninterrupted_run(stage, tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -3,7 +3,8 @@
     python tests/train_worker.py STAGE OUT_DIR [TEACHER_DIR]
 
 STAGE is teacher, scratch, distill, distill-cached (3 cached teacher views) or
-distill-dkd-cached (the same with decoupled KD on standardized logits). Trains on the
+distill-dkd-cached (the same with decoupled KD on standardized logits) or distill-features
+(Hinton's loss plus a projected feature term, online teacher). Trains on the
 first 400 images of the shipped sample (4 epochs, batch 50), so an epoch takes a second or two
 on a CPU.
 """
@@ -42,6 +43,16 @@ def main() -> None:
         # Another loss (decoupled KD on standardized logits, which reads the labels) resumes too.
         teacher = load_model(sys.argv[3])
         cfg = DistillConfig(teacher_views=3, kd_loss="dkd", logit_standardization=True, **common)
+        distill_student(teacher, train, val, cfg, out)
+    elif stage == "distill-features":
+        # The feature term's projection lives in the fit model: a resume must restore it too.
+        teacher = load_model(sys.argv[3])
+        cfg = DistillConfig(
+            feature_weight=0.5,
+            teacher_feature_layer="pool1",
+            student_feature_layer="conv2",
+            **common,
+        )
         distill_student(teacher, train, val, cfg, out)
     else:
         raise SystemExit(f"unknown stage {stage}")
