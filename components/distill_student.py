@@ -38,6 +38,7 @@ def distill_student(
     divergence_check_epoch: int,
     seed: int,
     jit_compile: bool,
+    devices: int,
     temperature: float,
     alpha: float,
     teacher_views: int,

@@ -36,6 +36,7 @@ def train_teacher(
     divergence_check_epoch: int,
     seed: int,
     jit_compile: bool,
+    devices: int,
     model: Output[Model],
     metrics: Output[Metrics],
 ):

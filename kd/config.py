@@ -158,6 +158,11 @@ class TrainConfig:
             On 2 CPU cores the ``fast`` teacher's step took 3.85 s instead of 7.1 s (see
             docs/RESULTS.md); for the seed student it is not measured by a benchmark. On JAX
             every step is compiled whatever this says.
+        devices: the devices to train on, data-parallel (:mod:`kd.parallel`): 0 (default)
+            every visible one (one per GPU the step reserved), N > 0 exactly N.
+            ``batch_size`` is the global batch, split evenly over them (it must be a
+            multiple of N), and ``learning_rate`` is the rate for that global batch: N
+            devices train as one does with the same ``batch_size``; no rescaling.
     """
 
     preset: str = "seed"
@@ -177,9 +182,11 @@ class TrainConfig:
     divergence_check_epoch: int = 3
     seed: int = 42
     jit_compile: bool = False
+    devices: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("preset", self.preset, PRESETS)
+        _check_int("devices", self.devices, 0)
         _check_int("epochs", self.epochs, 1)
         _check_int("batch_size", self.batch_size, 1)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -53,6 +53,7 @@ import numpy as np
 from kd.config import IMAGE_SHAPE, NUM_CLASSES, DistillConfig
 from kd.errors import ArtifactError, ConfigError
 from kd.models import build_model
+from kd.parallel import data_parallel, replicas, replicate
 from kd.train import (
     AUGMENT_KEY,
     CHECKPOINT_DIR,
@@ -70,6 +71,7 @@ from kd.train import (
     fit,
     hard_loss,
     identity_augmentation,
+    log_replicas,
     make_optimizer,
     prepare_checkpoint,
     steps_per_epoch,
@@ -670,7 +672,22 @@ def distill_student(
             f"[distill_student] warning: lr {cfg.learning_rate} with T={cfg.temperature} and no "
             "clipping diverged on the seed student in measurements; consider clipnorm=2"
         )
-    out = Path(out_dir)
+    n = replicas(cfg.devices, cfg.batch_size, "distill_student")
+    with data_parallel(n):
+        log_replicas(n, cfg.batch_size, "distill_student", log)
+        # The teacher was loaded before: rebuilt here, its variables are replicated too.
+        return _distill(replicate(teacher), train, val, cfg, Path(out_dir), log, teacher_info)
+
+
+def _distill(
+    teacher: Any,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: DistillConfig,
+    out: Path,
+    log: Log,
+    teacher_info: dict[str, Any] | None,
+) -> TrainResult:
     steps = steps_per_epoch(len(train[0]), cfg.batch_size)
     student, distiller = distill_trainer(teacher, cfg, steps)
     # The teacher's weights, not only its size: a resume with another teacher starts afresh.

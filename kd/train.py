@@ -52,6 +52,8 @@ from kd.config import (
 from kd.errors import ArtifactError, ConfigError, DivergenceError
 from kd.model_folder import HISTORY_FILE, MODEL_FILE, save_outputs
 from kd.models import build_model, count_params, fit_whitening
+from kd.parallel import active as active_replicas
+from kd.parallel import clip_after_all_reduce, data_parallel, replicas
 from kd.storage import write_text_atomic
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 CHECKPOINT_DIR = "checkpoint"
+#: In the checkpoint: the number of devices that trained it (kd.parallel).
+DEVICES_FILE = "devices.txt"
 # Part of every checkpoint's fingerprint: a checkpoint of another layout (before training
 # models had the CropFlip front end) is discarded, not loaded into the wrong variables.
 CHECKPOINT_FORMAT = "fit-v3"
@@ -561,14 +565,16 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
             lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total)
     clip = {"global_clipnorm": cfg.clipnorm} if cfg.clipnorm > 0 else {}
     wd = cfg.weight_decay or None
+    # The clip sees the global gradient under tf.distribute too (kd.parallel).
+    opt = keras.optimizers
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(
+        return clip_after_all_reduce(opt.SGD)(
             lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd, **clip
         )
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=wd, **clip)
+        return clip_after_all_reduce(opt.Adam)(lr, weight_decay=wd, **clip)
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **clip)
+        return clip_after_all_reduce(opt.AdamW)(lr, weight_decay=cfg.weight_decay, **clip)
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: choose sgd, adam or adamw")
 
 
@@ -583,6 +589,28 @@ def config_fingerprint(cfg: TrainConfig, extra: str) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def log_replicas(n: int, batch_size: int, name: str, log: Log) -> None:
+    """One progress line when a stage trains on several devices."""
+    if n > 1:
+        log(
+            f"[{name}] data-parallel over {n} devices: global batch {batch_size}, "
+            f"{batch_size // n} images per device"
+        )
+
+
+def note_devices(ckpt: Path, start: int, log: Log, name: str) -> None:
+    """Record in the checkpoint how many devices train it; a resume on another number says
+    so (and continues: the global batch, so the training, is the same, see kd.parallel)."""
+    stamp = ckpt / DEVICES_FILE
+    n = active_replicas()
+    if start and stamp.exists() and stamp.read_text().strip() != str(n):
+        log(
+            f"[{name}] note: resuming on {n} device(s) a run checkpointed on "
+            f"{stamp.read_text().strip()}; the global batch is unchanged, so it continues"
+        )
+    write_text_atomic(stamp, str(n))
 
 
 def prepare_checkpoint(ckpt: Path, fingerprint: str, log: Log, name: str) -> None:
@@ -649,6 +677,7 @@ def fit(
     prepare_checkpoint(ckpt, config_fingerprint(cfg, fingerprint_extra), log, name)
     saver = EpochCheckpoint(ckpt)
     start = saver.latest()[0]
+    note_devices(ckpt, start, log, name)
     train_seq = BatchSequence(
         *train,
         cfg.batch_size,
@@ -838,18 +867,21 @@ def train_supervised(
     validate_split("validation", *val)
     out = Path(out_dir)
     steps = steps_per_epoch(len(train[0]), cfg.batch_size)
-    model, trainer = supervised_trainer(cfg, role, steps, images=train[0])
-    history = fit(
-        trainer,
-        train,
-        val,
-        cfg,
-        out,
-        name=stage,
-        fingerprint_extra=data_fingerprint(train),
-        log=log,
-    )
-    return finish_stage(model, history, out, cfg, role, stage)
+    n = replicas(cfg.devices, cfg.batch_size, stage)
+    with data_parallel(n):
+        log_replicas(n, cfg.batch_size, stage, log)
+        model, trainer = supervised_trainer(cfg, role, steps, images=train[0])
+        history = fit(
+            trainer,
+            train,
+            val,
+            cfg,
+            out,
+            name=stage,
+            fingerprint_extra=data_fingerprint(train),
+            log=log,
+        )
+        return finish_stage(model, history, out, cfg, role, stage)
 
 
 def train_teacher(

@@ -1336,6 +1336,11 @@ CLI_CASES = [
         id="dkd-without-weights",
     ),
     pytest.param(
+        ["--param", "student_devices=-1"],
+        ("invalid devices=-1", "must be an integer >= 0"),
+        id="negative-devices",
+    ),
+    pytest.param(
         ["--param", "feature_weight=0.5"],
         ("invalid teacher_feature_layer=''", "must name a layer with feature_weight=0.5"),
         id="feature-weight-without-layers",

@@ -235,9 +235,9 @@ def test_load_model_refuses_non_models_and_code(tmp_path):
         load_model(tmp_path / "lambda.keras")
 
 
-def _run_worker(args: list[str], env: dict) -> subprocess.Popen:
+def _run_worker(args: list[str], env: dict, worker: Path = WORKER) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), *args],
+        [sys.executable, str(worker), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -245,8 +245,11 @@ def _run_worker(args: list[str], env: dict) -> subprocess.Popen:
     )
 
 
-def _kill_after_epochs(args: list[str], history: Path, epochs: int, env: dict) -> None:
-    proc = _run_worker(args, env)
+def _kill_after_epochs(
+    args: list[str], history: Path, epochs: int, env: dict, worker: Path = WORKER
+) -> None:
+    """Run ``worker`` with ``args`` and SIGKILL it once ``history`` holds ``epochs`` epochs."""
+    proc = _run_worker(args, env, worker)
     deadline = time.time() + 300
     while time.time() < deadline:
         if history.exists() and len(json.loads(history.read_text())["epoch"]) >= epochs:

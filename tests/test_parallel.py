@@ -1,0 +1,103 @@
+"""Data parallelism (kd.parallel) on two virtual CPU devices, on both backends: N devices train
+as one device with the same global batch; the teacher stays frozen; a resume on another
+device count says so and continues; bad device counts are refused before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train import _kill_after_epochs  # noqa: E402
+
+WORKER = Path(__file__).with_name("parallel_worker.py")
+DP_LINE = "data-parallel over 2 devices: global batch 50, 25 images per device"
+
+
+def _env(backend: str, devices: int) -> dict[str, str]:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if backend == "jax":
+        pytest.importorskip("jax")
+        env |= {
+            "KERAS_BACKEND": "jax",
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        }
+    else:
+        env |= {"KERAS_BACKEND": "tensorflow", "KD_TEST_CPU_DEVICES": str(devices)}
+    return env
+
+
+def _run(stage: str, devices: int, out: Path, env: dict[str, str]) -> dict:
+    r = subprocess.run(
+        [sys.executable, str(WORKER), stage, str(devices), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("backend", "stage"),
+    [("tensorflow", "scratch"), ("tensorflow", "distill"), ("jax", "scratch")]
+    + [("jax", "distill-cached")],
+)
+def test_two_devices_train_as_one_with_the_same_global_batch(backend, stage, tmp_path):
+    env = _env(backend, 2)
+    one = _run(stage, 1, tmp_path / "one", env)
+    two = _run(stage, 0, tmp_path / "two", env)  # 0: every visible device, here 2
+    assert any(DP_LINE in line for line in two["log"]) and not any(
+        "data-parallel" in line for line in one["log"]
+    )
+    a, b = np.load(tmp_path / "one" / "weights.npy"), np.load(tmp_path / "two" / "weights.npy")
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(b, a, atol=1e-5)  # gradient-norm clip included (clipnorm 2)
+    if stage != "scratch":
+        before, after = two["teacher_sum"]
+        assert before == after  # the replicated teacher was not updated
+
+
+@pytest.mark.slow
+def test_a_resume_on_another_device_count_says_so_and_continues(tmp_path):
+    env2, env1 = _env("jax", 2), _env("jax", 1)
+    env2["KD_TEST_EPOCHS"] = env1["KD_TEST_EPOCHS"] = "3"
+    ref = _run("scratch", 0, tmp_path / "ref", env2)
+    out = tmp_path / "resumed"
+    args = ["scratch", "0", str(out)]
+    _kill_after_epochs(args, out / "checkpoint" / "history.json", 2, env2, WORKER)
+    assert (out / "checkpoint" / "devices.txt").read_text() == "2"
+    resumed = _run("scratch", 0, out, env1)
+    assert any(
+        "note: resuming on 1 device(s) a run checkpointed on 2" in line for line in resumed["log"]
+    ), resumed["log"]
+    assert any("resuming after epoch 2" in line for line in resumed["log"])
+    assert DP_LINE in " ".join(ref["log"])
+    a, b = np.load(tmp_path / "ref" / "weights.npy"), np.load(out / "weights.npy")
+    np.testing.assert_allclose(b, a, atol=1e-4)
+
+
+def test_bad_device_counts_are_refused_before_training(tmp_path, monkeypatch):
+    import kd.parallel
+    from kd.config import StudentConfig
+    from kd.errors import ConfigError
+    from kd.train import train_student_scratch
+
+    x = np.zeros((100, 32, 32, 3), np.uint8)
+    y = np.arange(100) % 10
+    with pytest.raises(ConfigError, match=r"invalid devices=3: .* sees 1 device\(s\)\. Fix"):
+        train_student_scratch((x, y), (x, y), StudentConfig(devices=3), tmp_path / "a")
+    monkeypatch.setattr(kd.parallel, "visible_devices", lambda: ["gpu0", "gpu1"])
+    cfg = StudentConfig(batch_size=25)
+    with pytest.raises(ConfigError, match=r"invalid batch_size=25: .* over 2 devices\. Fix: use"):
+        train_student_scratch((x, y), (x, y), cfg, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
