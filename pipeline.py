@@ -542,7 +542,11 @@ def main(argv: list[str] | None = None) -> int:
         import parameters
 
         given = {key: submit._param_value(value) for key, value in (args.param or [])}
-        if given.get("registry_upload") is True and args.target == "vertex":
+        if (
+            given.get("registry_upload") is True
+            and args.target == "vertex"
+            and (args.pipeline == "main")
+        ):
             # The Model Registry of the run's own project and region, unless told otherwise.
             for key, flag in (("registry_project", "project"), ("registry_location", "region")):
                 if not given.get(key) and getattr(args, flag, None):

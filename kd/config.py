@@ -162,7 +162,8 @@ class TrainConfig:
             every visible one (one per GPU the step reserved), N > 0 exactly N.
             ``batch_size`` is the global batch, split evenly over them (it must be a
             multiple of N), and ``learning_rate`` is the rate for that global batch: N
-            devices train as one does with the same ``batch_size``; no rescaling.
+            devices train as one does with the same ``batch_size`` (on TensorFlow BatchNorm
+            normalises each device's shard on its own); no rescaling.
     """
 
     preset: str = "seed"
@@ -189,6 +190,13 @@ class TrainConfig:
         _check_int("devices", self.devices, 0)
         _check_int("epochs", self.epochs, 1)
         _check_int("batch_size", self.batch_size, 1)
+        if self.devices and self.batch_size % self.devices:
+            _fail(
+                "batch_size",
+                self.batch_size,
+                f"must be a multiple of devices={self.devices}: it is the global batch, split "
+                "evenly over the devices",
+            )
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_float("learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
         _check_float("momentum", self.momentum, 0.0, 1.0, hi_open=True)

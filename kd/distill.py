@@ -54,6 +54,7 @@ from kd.config import IMAGE_SHAPE, NUM_CLASSES, DistillConfig
 from kd.errors import ArtifactError, ConfigError
 from kd.models import build_model
 from kd.parallel import data_parallel, replicas, replicate
+from kd.parallel import predict as parallel_predict
 from kd.train import (
     AUGMENT_KEY,
     CHECKPOINT_DIR,
@@ -74,6 +75,7 @@ from kd.train import (
     log_replicas,
     make_optimizer,
     prepare_checkpoint,
+    shardable_validation,
     steps_per_epoch,
     training_model,
     validate_split,
@@ -379,6 +381,13 @@ def _layer_output(model: Any, name: str, role: str) -> Any:
             f"invalid {role}_feature_layer={name!r}: the {role} {model.name!r} has no layer of "
             f"that name. Fix: pass one of {names}"
         ) from None
+    calls = len(getattr(layer, "_inbound_nodes", [])) or 1
+    if calls > 1:
+        raise ConfigError(
+            f"invalid {role}_feature_layer={name!r}: the {role} {model.name!r} calls that layer "
+            f"{calls} times per image (e.g. a test-time-augmentation wrapper), so it has no "
+            f"single output. Fix: pass a layer called once, or a {role} without the wrapper"
+        )
     return layer.output
 
 
@@ -541,8 +550,10 @@ def _mirror_agrees(forward: Any, xs: np.ndarray, pad: int) -> bool:
     rows = identity_augmentation(len(xs), pad)
     mirrored = rows.copy()
     mirrored[:, 2] = 1
-    a = np.asarray(forward.predict({IMAGE_KEY: xs, AUGMENT_KEY: rows}, verbose=0), np.float64)
-    b = np.asarray(forward.predict({IMAGE_KEY: xs, AUGMENT_KEY: mirrored}, verbose=0), np.float64)
+    a = np.asarray(parallel_predict(forward, {IMAGE_KEY: xs, AUGMENT_KEY: rows}, 32), np.float64)
+    b = np.asarray(
+        parallel_predict(forward, {IMAGE_KEY: xs, AUGMENT_KEY: mirrored}, 32), np.float64
+    )
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return False
     return bool(np.abs(a - b).max() <= 1e-4 * (1.0 + np.abs(a).max()))
@@ -597,9 +608,7 @@ def cache_teacher_views(
         rows = [identity_augmentation(n, pad)] * views
     logits = np.empty((n, views, NUM_CLASSES), np.float32)
     for k in range(views):
-        out = forward.predict(
-            {IMAGE_KEY: x, AUGMENT_KEY: rows[k]}, batch_size=eval_batch_size(n), verbose=0
-        )
+        out = parallel_predict(forward, {IMAGE_KEY: x, AUGMENT_KEY: rows[k]}, eval_batch_size(n))
         logits[:, k] = np.asarray(out, np.float32)
     return TeacherViews(np.stack(rows, axis=1), logits, flip_free=flip_free)
 
@@ -675,6 +684,7 @@ def distill_student(
     n = replicas(cfg.devices, cfg.batch_size, "distill_student")
     with data_parallel(n):
         log_replicas(n, cfg.batch_size, "distill_student", log)
+        val = shardable_validation(val, log, "distill_student")
         # The teacher was loaded before: rebuilt here, its variables are replicated too.
         return _distill(replicate(teacher), train, val, cfg, Path(out_dir), log, teacher_info)
 

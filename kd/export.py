@@ -544,11 +544,18 @@ def onnx_session(path: str | Path, num_threads: int | None = None) -> Any:
             f"{p} is not an ONNX model onnxruntime can load ({type(exc).__name__}: {exc}). "
             "Fix: pass the model.onnx written by kd.export.export_onnx"
         ) from exc
-    inputs = sess.get_inputs()
-    if len(inputs) != 1 or list(inputs[0].shape[1:]) != [32, 32, 3]:
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    if (
+        len(inputs) != 1
+        or list(inputs[0].shape[1:]) != [32, 32, 3]
+        or inputs[0].type != "tensor(float)"
+        or len(outputs) != 1
+        or list(outputs[0].shape[1:]) != [10]
+    ):
         raise ArtifactError(
-            f"{p} takes {[(i.name, i.shape) for i in inputs]}, not one (N, 32, 32, 3) image "
-            "batch. Fix: pass a CIFAR-10 model exported by kd.export.export_onnx"
+            f"{p} takes {[(i.name, i.type, i.shape) for i in inputs]} and returns "
+            f"{[(o.name, o.shape) for o in outputs]}, not float (N, 32, 32, 3) images to "
+            "(N, 10) logits. Fix: pass a CIFAR-10 model exported by kd.export.export_onnx"
         )
     return sess
 
@@ -629,19 +636,17 @@ def export_onnx(
             f"no SavedModel at {src} (saved_model.pb missing). Fix: pass the folder written by "
             "kd.export.export_serving"
         )
-    import onnxruntime
     import tf2onnx
     from tf2onnx import tf_loader
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
-            str(src), None, None, signatures=[SIGNATURE], return_tensors_to_rename=True
-        )
-        with tempfile.TemporaryDirectory(prefix="kd-onnx-") as tmp:
-            tmp_file = Path(tmp) / ONNX_FILE
+    with tempfile.TemporaryDirectory(prefix="kd-onnx-") as tmp:
+        tmp_file = Path(tmp) / ONNX_FILE
+        try:
+            graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
+                str(src), None, None, signatures=[SIGNATURE], return_tensors_to_rename=True
+            )
             tf2onnx.convert.from_graph_def(
                 graph_def,
                 input_names=inputs,
@@ -650,19 +655,38 @@ def export_onnx(
                 tensors_to_rename=renames,
                 output_path=str(tmp_file),
             )
-            blob = tmp_file.read_bytes()
-    except Exception as exc:
-        raise ArtifactError(
-            f"ONNX conversion of {src} failed ({type(exc).__name__}: {exc}). Fix: export a "
-            f"model built by kd.models (every op needs an ONNX opset {ONNX_OPSET} equivalent)"
-        ) from exc
-    with atomic_path(out / ONNX_FILE) as tmp_path:
-        tmp_path.write_bytes(blob)
-    sess = onnx_session(out / ONNX_FILE)
+        except Exception as exc:
+            raise ArtifactError(
+                f"ONNX conversion of {src} failed ({type(exc).__name__}: {exc}). Fix: export "
+                f"a model built by kd.models (every op needs an ONNX opset {ONNX_OPSET} "
+                "equivalent)"
+            ) from exc
+        # Checked from the temporary file: model.onnx and onnx.json are written together,
+        # at the end, or not at all.
+        info = _check_onnx(tmp_file, test, reference, latency_runs, num_threads)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / ONNX_FILE) as tmp_path:
+            shutil.copyfile(tmp_file, tmp_path)
+    write_text_atomic(out / ONNX_JSON, json.dumps(info, indent=1))
+    return info
+
+
+def _check_onnx(
+    path: Path,
+    test: tuple[np.ndarray, np.ndarray] | None,
+    reference: Any,
+    latency_runs: int,
+    num_threads: int,
+) -> dict[str, Any]:
+    """What ``onnx.json`` records of the ONNX file at ``path`` (see :func:`export_onnx`)."""
+    import onnxruntime
+    import tf2onnx
+
+    sess = onnx_session(path)
     inp, outp = sess.get_inputs()[0], sess.get_outputs()[0]
     info: dict[str, Any] = {
         "file": ONNX_FILE,
-        "size_bytes": _size(out / ONNX_FILE),
+        "size_bytes": _size(path),
         "opset": ONNX_OPSET,
         "input": {"name": inp.name, "dtype": inp.type, "shape": "(N, 32, 32, 3) 0-255"},
         "output": {"name": outp.name, "dtype": outp.type, "shape": "(N, 10) logits"},
@@ -691,7 +715,5 @@ def export_onnx(
         lat_x = x
     else:
         lat_x = np.zeros((1, 32, 32, 3), np.float32)
-    timed = onnx_session(out / ONNX_FILE, num_threads=num_threads)
-    info.update(_onnx_latency_ms(timed, lat_x, latency_runs))
-    write_text_atomic(out / ONNX_JSON, json.dumps(info, indent=1))
+    info.update(_onnx_latency_ms(onnx_session(path, num_threads=num_threads), lat_x, latency_runs))
     return info

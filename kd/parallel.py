@@ -7,7 +7,8 @@ distiller's teacher too, frozen), and the gradients are summed across devices be
 update. ``batch_size`` is the **global** batch: it must be divisible by N, and the learning
 rate is the one for that global batch, so a run on N devices trains like a run on one device
 with the same ``batch_size`` (the same data order, augmentation and schedule; tested on two
-virtual CPU devices). Changing N changes nothing but the split.
+and four virtual CPU devices): on JAX for every model, on TensorFlow for models without
+BatchNorm (see below; the seed student has none, the teachers have it).
 
 - JAX: ``keras.distribution.DataParallel`` over the first N of ``jax.devices()``. The step is
   one program over the global batch, so BatchNorm's statistics are the global batch's and
@@ -79,6 +80,30 @@ def replicate(model: Any) -> Any:
     copy.set_weights(model.get_weights())
     copy.trainable = model.trainable
     return copy
+
+
+def shard_multiple() -> int:
+    """What every batch's size must be a multiple of: N inside a :func:`data_parallel` block
+    on JAX (its sharding splits each batch into N equal shards), else 1 (TensorFlow's
+    ``MirroredStrategy`` splits uneven batches itself)."""
+    return active() if keras.backend.backend() == "jax" else 1
+
+
+def predict(model: Any, inputs: dict[str, Any], batch_size: int) -> Any:
+    """``model.predict(inputs)`` in batches of about ``batch_size``, on any number of rows:
+    inside a JAX :func:`data_parallel` block the rows are padded (the last one repeated) to a
+    multiple of N and the batch rounded to one, and the padding's outputs dropped (inference:
+    each row's output depends on that row alone)."""
+    import numpy as np
+
+    m = shard_multiple()
+    n = len(next(iter(inputs.values())))
+    if m == 1:
+        return model.predict(inputs, batch_size=batch_size, verbose=0)
+    extra = -n % m
+    padded = {k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) for k, v in inputs.items()}
+    batch = max(m, batch_size - batch_size % m)
+    return np.asarray(model.predict(padded, batch_size=batch, verbose=0))[:n]
 
 
 def active() -> int:

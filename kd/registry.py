@@ -166,7 +166,11 @@ def deploy_model(
     cfg: RegistryConfig, model: str, version_id: str, timeout_s: float = OPERATION_TIMEOUT_S
 ) -> dict[str, Any]:
     """Deploy ``model`` version ``version_id`` to ``cfg.deploy_endpoint`` on dedicated
-    resources (machine type, accelerator, min/max replicas) with 100 % of the traffic."""
+    resources (machine type, accelerator, min/max replicas) with 100 % of the traffic.
+
+    Models already deployed there stay deployed with 0 % of the traffic (Vertex AI keeps
+    them, and bills their replicas) until undeployed: the pipeline does not undeploy what it
+    did not deploy. README says how to undeploy the old ones."""
     from google.cloud import aiplatform_v1
 
     spec = aiplatform_v1.MachineSpec(machine_type=cfg.machine_type)

@@ -73,6 +73,7 @@ TRAIN_STUDENT_SCRATCH = "train-student-scratch"
 DISTILL_STUDENT = "distill-student"
 EVALUATE = "evaluate"
 EXPORT_MODEL = "export-model"
+REGISTER_MODEL = "register-model"
 SELECT_BEST_STUDENT = "select-best-student"
 TASKS = (
     DATA_SPLIT,
@@ -83,6 +84,7 @@ TASKS = (
     DISTILL_STUDENT,
     EVALUATE,
     EXPORT_MODEL,
+    REGISTER_MODEL,
     SELECT_BEST_STUDENT,
 )
 #: The training tasks, compiled with a retry policy (``pipeline._heavy``): a failed attempt

@@ -53,7 +53,7 @@ from kd.errors import ArtifactError, ConfigError, DivergenceError
 from kd.model_folder import HISTORY_FILE, MODEL_FILE, save_outputs
 from kd.models import build_model, count_params, fit_whitening
 from kd.parallel import active as active_replicas
-from kd.parallel import clip_after_all_reduce, data_parallel, replicas
+from kd.parallel import clip_after_all_reduce, data_parallel, replicas, shard_multiple
 from kd.storage import write_text_atomic
 
 if TYPE_CHECKING:
@@ -113,16 +113,34 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
-def eval_batch_size(n: int, largest: int = EVAL_BATCH) -> int:
+def eval_batch_size(n: int, largest: int = EVAL_BATCH, multiple: int = 1) -> int:
     """A validation batch size that splits ``n`` images evenly, so that evaluation compiles
     one step: ``n`` itself up to ``largest``, else the largest divisor of ``n`` in
-    [largest/4, largest], else ``largest`` (every image is evaluated either way)."""
+    [largest/4, largest], else ``largest`` (every image is evaluated either way). With
+    ``multiple`` (the devices of a JAX data-parallel run, ``n`` a multiple of it) the batch
+    is a multiple of it too."""
     if n <= largest:
         return max(1, n)
     for b in range(largest, largest // 4 - 1, -1):
-        if n % b == 0:
+        if n % b == 0 and b % multiple == 0:
             return b
-    return largest
+    return largest - largest % multiple
+
+
+def shardable_validation(
+    val: tuple[np.ndarray, np.ndarray], log: Log, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The validation split as a JAX data-parallel run can shard it: its first ``len - len
+    mod N`` images (at most N - 1 left out, said once), else all of it."""
+    m = shard_multiple()
+    keep = len(val[0]) - len(val[0]) % m
+    if keep == len(val[0]):
+        return val
+    log(
+        f"[{name}] note: validating on {keep} of {len(val[0])} images (a multiple of the "
+        f"{m} devices)"
+    )
+    return val[0][:keep], val[1][:keep]
 
 
 def draw_augmentation(rng: np.random.Generator, n: int, pad: int = 4) -> np.ndarray:
@@ -582,7 +600,8 @@ def config_fingerprint(cfg: TrainConfig, extra: str) -> str:
     text = json.dumps(
         {
             "format": CHECKPOINT_FORMAT,
-            "cfg": dataclasses.asdict(cfg),
+            # Not the device count: N devices train as one (kd.parallel); note_devices says so.
+            "cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "devices"},
             "type": type(cfg).__name__,
             "extra": extra,
         },
@@ -690,7 +709,7 @@ def fit(
     )
     val_seq = BatchSequence(
         *val,
-        eval_batch_size(len(val[0])),
+        eval_batch_size(len(val[0]), multiple=shard_multiple()),
         seed=cfg.seed,
         shuffle=False,
         augment=False,
@@ -870,6 +889,7 @@ def train_supervised(
     n = replicas(cfg.devices, cfg.batch_size, stage)
     with data_parallel(n):
         log_replicas(n, cfg.batch_size, stage, log)
+        val = shardable_validation(val, log, stage)
         model, trainer = supervised_trainer(cfg, role, steps, images=train[0])
         history = fit(
             trainer,

@@ -91,6 +91,9 @@ STAGES = (
 )
 # With a teacher of the user's: imported and checked instead of trained.
 IMPORT_STAGES = (runs.IMPORTER, runs.CHECK_TEACHER)
+# Tasks a local run never runs: the Model Registry step needs Vertex AI (parameters refuses
+# registry_upload=true locally).
+REMOTE_STAGES = (runs.REGISTER_MODEL,)
 
 
 def stage_names(params: dict[str, Any], which: str = "main") -> tuple[str, ...]:

@@ -4,7 +4,8 @@
 
 STAGE is scratch, distill (from a tiny teacher trained first, in OUT_DIR/teacher) or
 distill-cached (2 cached teacher views); DEVICES is TrainConfig.devices (0: all visible).
-Set KERAS_BACKEND and either XLA_FLAGS=--xla_force_host_platform_device_count=K (JAX) or
+KD_TEST_TRAIN / KD_TEST_VAL / KD_TEST_BATCH change the split sizes and the batch (200 / 100 /
+50). Set KERAS_BACKEND and either XLA_FLAGS=--xla_force_host_platform_device_count=K (JAX) or
 KD_TEST_CPU_DEVICES=K (TensorFlow: K logical CPU devices) before it starts. Prints one JSON
 line: the stage's log lines, the student's weights file and the teacher's weight checksum
 before and after.
@@ -28,6 +29,7 @@ if os.environ.get("KD_TEST_CPU_DEVICES"):
 
 import numpy as np  # noqa: E402
 
+import kd.distill  # noqa: E402
 from kd.config import DistillConfig, StudentConfig  # noqa: E402
 from kd.data import load_cifar10  # noqa: E402
 from kd.distill import distill_student  # noqa: E402
@@ -40,10 +42,15 @@ EPOCHS = int(os.environ.get("KD_TEST_EPOCHS", "1"))
 def main() -> None:
     stage, devices, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     d = load_cifar10("sample")
-    train = (d.x_train[:200], d.y_train[:200])
-    val = (d.x_train[2000:2100], d.y_train[2000:2100])
+    n_train, n_val = (
+        int(os.environ.get("KD_TEST_TRAIN", "200")),
+        int(os.environ.get("KD_TEST_VAL", "100")),
+    )
+    batch = int(os.environ.get("KD_TEST_BATCH", "50"))
+    train = (d.x_train[:n_train], d.y_train[:n_train])
+    val = (d.x_train[2000 : 2000 + n_val], d.y_train[2000 : 2000 + n_val])
     # clipnorm > 0: the clip must see the global gradient on every backend (kd.parallel)
-    common = dict(epochs=EPOCHS, batch_size=50, divergence_check_epoch=0, seed=3, clipnorm=2.0)
+    common = dict(epochs=EPOCHS, batch_size=batch, divergence_check_epoch=0, seed=3, clipnorm=2.0)
     lines: list[str] = []
     teacher_sum = None
     if stage == "scratch":
@@ -52,14 +59,21 @@ def main() -> None:
         )
     else:
         teacher_dir = out.parent / f"{out.name}-teacher"
-        cfg1 = StudentConfig(epochs=1, batch_size=50, divergence_check_epoch=0, seed=1, devices=1)
+        cfg1 = StudentConfig(
+            epochs=1, batch_size=batch, divergence_check_epoch=0, seed=1, devices=1
+        )
         train_student_scratch(train, val, cfg1, teacher_dir, log=lambda m: None)
         teacher = load_model(teacher_dir)
+        # The teacher that trains is the one distill_student replicates inside the block
+        # (itself on one device): its weights are read before and after.
+        used: list = []
+        real = kd.distill.replicate
+        kd.distill.replicate = lambda m: used.append(real(m)) or used[-1]
         before = float(sum(np.abs(w).sum() for w in teacher.get_weights()))
         views = 2 if stage == "distill-cached" else 0
         cfg = DistillConfig(devices=devices, teacher_views=views, **common)
         distill_student(teacher, train, val, cfg, out, lines.append)
-        after = float(sum(np.abs(w).sum() for w in teacher.get_weights()))
+        after = float(sum(np.abs(w).sum() for w in used[0].get_weights()))
         teacher_sum = [before, after]
     weights = np.concatenate([np.ravel(w) for w in load_model(out).get_weights()])
     np.save(out / "weights.npy", weights)

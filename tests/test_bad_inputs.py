@@ -1341,6 +1341,11 @@ CLI_CASES = [
         id="negative-devices",
     ),
     pytest.param(
+        ["--param", "student_devices=3"],
+        ("invalid batch_size=32", "must be a multiple of devices=3"),
+        id="batch-not-divisible-by-devices",
+    ),
+    pytest.param(
         ["--param", "feature_weight=0.5"],
         ("invalid teacher_feature_layer=''", "must name a layer with feature_weight=0.5"),
         id="feature-weight-without-layers",

@@ -17,6 +17,7 @@ from kd.config import DistillConfig, StudentConfig, TeacherConfig, loss_defaults
 from kd.errors import ArtifactError
 
 TRAIN = dict(
+    devices=0,
     preset="seed",
     epochs=1,
     batch_size=50,

@@ -319,3 +319,23 @@ def test_feature_layers_that_do_not_fit_are_clear_errors():
     bad = DistillConfig(teacher_feature_layer="b3_pool", student_feature_layer="pool2", **FEATURES)
     with pytest.raises(ConfigError, match=r"\(8, 8, 64\) and the teacher layer's \(4, 4, 256\)"):
         distill_trainer(teacher, bad, 10)
+
+
+def test_a_feature_layer_called_twice_is_refused():
+    """A layer shared by two branches (e.g. a test-time-augmentation wrapper's image and
+    mirror) has no single output to distil from."""
+    from kd.distill import distill_trainer
+    from kd.errors import ConfigError
+
+    inp = keras.Input((32, 32, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    conv = keras.layers.Conv2D(8, 3, padding="same", name="shared_conv")
+    a, b = conv(x), conv(keras.layers.RandomFlip("horizontal", seed=0)(x))
+    pooled = keras.layers.MaxPooling2D(4)(keras.layers.Average()([a, b]))
+    out = keras.layers.Dense(10)(keras.layers.Flatten()(pooled))
+    teacher = keras.Model(inp, out, name="two_branch_teacher")
+    cfg = DistillConfig(
+        teacher_feature_layer="shared_conv", student_feature_layer="conv1", **FEATURES
+    )
+    with pytest.raises(ConfigError, match=r"calls that layer 2 times per image.*Fix: pass"):
+        distill_trainer(teacher, cfg, 10)

@@ -68,6 +68,23 @@ def test_two_devices_train_as_one_with_the_same_global_batch(backend, stage, tmp
 
 
 @pytest.mark.slow
+def test_splits_that_four_devices_do_not_divide_are_padded_or_trimmed(tmp_path):
+    """JAX shards every batch into N equal parts: the teacher cache pads its 202 images to a
+    multiple of 4 (and drops the padding's logits), validation keeps 100 of its 102 images."""
+    env = _env("jax", 4) | {"KD_TEST_TRAIN": "202", "KD_TEST_VAL": "102", "KD_TEST_BATCH": "48"}
+    one = _run("distill-cached", 1, tmp_path / "one", env)
+    four = _run("distill-cached", 4, tmp_path / "four", env)
+    assert any(
+        "validating on 100 of 102 images (a multiple of the 4 devices)" in line
+        for line in four["log"]
+    )
+    assert not any("validating on" in line for line in one["log"])
+    a, b = np.load(tmp_path / "one" / "weights.npy"), np.load(tmp_path / "four" / "weights.npy")
+    # the cache's batches differ in size (padded to multiples of 4): float rounding only
+    np.testing.assert_allclose(b, a, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_a_resume_on_another_device_count_says_so_and_continues(tmp_path):
     env2, env1 = _env("jax", 2), _env("jax", 1)
     env2["KD_TEST_EPOCHS"] = env1["KD_TEST_EPOCHS"] = "3"
@@ -95,7 +112,8 @@ def test_bad_device_counts_are_refused_before_training(tmp_path, monkeypatch):
     x = np.zeros((100, 32, 32, 3), np.uint8)
     y = np.arange(100) % 10
     with pytest.raises(ConfigError, match=r"invalid devices=3: .* sees 1 device\(s\)\. Fix"):
-        train_student_scratch((x, y), (x, y), StudentConfig(devices=3), tmp_path / "a")
+        cfg = StudentConfig(devices=3, batch_size=30)
+        train_student_scratch((x, y), (x, y), cfg, tmp_path / "a")
     monkeypatch.setattr(kd.parallel, "visible_devices", lambda: ["gpu0", "gpu1"])
     cfg = StudentConfig(batch_size=25)
     with pytest.raises(ConfigError, match=r"invalid batch_size=25: .* over 2 devices\. Fix: use"):

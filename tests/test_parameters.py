@@ -15,6 +15,7 @@ from components.data_split import data_split
 from components.distill_student import distill_student
 from components.evaluate import evaluate
 from components.export_model import export_model
+from components.register_model import register_model
 from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
 from kd.config import (
@@ -22,6 +23,7 @@ from kd.config import (
     EvalConfig,
     ExportConfig,
     GateConfig,
+    RegistryConfig,
     ResourceConfig,
     SplitConfig,
     StudentConfig,
@@ -80,6 +82,13 @@ COMPONENT_FIELDS = [
     ),
     (evaluate, {**_fields(EvalConfig, "batch_size", "latency_runs"), **_fields(GateConfig)}),
     (export_model, _fields(ExportConfig)),
+    (
+        register_model,
+        {
+            f"registry_{f.name}": (RegistryConfig, f.name)
+            for f in dataclasses.fields(RegistryConfig)
+        },
+    ),
     (
         check_teacher,
         {
@@ -156,6 +165,11 @@ def test_the_mapping_carries_each_parameter_to_its_stage():
         "refuse_collapsed": ("gate", "refuse_collapsed", False),
         "calibration_images": ("export", "calibration_images", 17),
         "split_seed": ("split", "seed", 5),
+        "student_devices": ("student", "devices", 2),
+        "teacher_devices": ("teacher", "devices", 2),
+        "teacher_feature_layer": ("distill", "teacher_feature_layer", "b2_pool"),
+        "registry_display_name": ("registry", "display_name", "my-student"),
+        "registry_machine_type": ("registry", "machine_type", "n1-standard-8"),
     }
     for param, (stage, field, value) in changes.items():
         got = parameters.stage_configs(parameters.resolve({param: value}))
@@ -163,7 +177,8 @@ def test_the_mapping_carries_each_parameter_to_its_stage():
         stages = {"student", "distill"} if param.startswith("student_") else {stage}
         for s in stages:
             assert getattr(got[s], field) == value, (param, s)
-        for other in {"split", "teacher", "student", "distill", "gate", "export"} - stages:
+        others = {"split", "teacher", "student", "distill", "gate", "export", "registry"}
+        for other in others - stages:
             assert got[other] == base[other], (param, other)
 
 
