@@ -220,6 +220,24 @@ def check_teacher_exists(value: str) -> None:
         )
 
 
+def check_global_batch(params: dict[str, Any], devices: int, where: str) -> None:
+    """Each training step's ``batch_size`` (the global batch) must split evenly over the
+    ``devices`` it trains on (``where`` says which: replicas x GPUs per replica).
+
+    Raises:
+        ParameterError: the first batch size that does not, with the fix.
+    """
+    for key in ("teacher_batch_size", "student_batch_size"):
+        value = params.get(key)
+        if devices > 1 and isinstance(value, int) and value % devices:
+            example = value - value % devices or devices
+            raise ParameterError(
+                f"invalid {key}={value}: it is the global batch of a training step on {where} "
+                f"= {devices} devices, split evenly over them. Fix: pass --param {key}=N with N a "
+                f"multiple of {devices} (e.g. {example})"
+            )
+
+
 def validate_params(params: dict[str, Any], target: str = "local") -> None:
     """Build every stage's config from the parameters: the same checks the stages make."""
     try:

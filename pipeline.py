@@ -71,6 +71,29 @@ VERTEX_ACCELERATORS = {
     "H200": "NVIDIA_H200_141GB",
 }
 KFP_GPU_RESOURCE = "nvidia.com/gpu"
+# The machine type a multi-replica step's replicas get (--replicas R), by Vertex accelerator
+# and GPUs per replica; --machine-type chooses another.
+VERTEX_MACHINES: dict[str, dict[int, str]] = {
+    "": {0: "n1-standard-8"},
+    **{
+        gpu: {1: "n1-standard-8", 2: "n1-standard-16", 4: "n1-standard-32"}
+        for gpu in ("NVIDIA_TESLA_T4", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4")
+    },
+    "NVIDIA_TESLA_V100": {1: "n1-standard-8", 2: "n1-standard-16", 4: "n1-standard-32"}
+    | {8: "n1-standard-64"},
+    "NVIDIA_TESLA_A100": {n: f"a2-highgpu-{n}g" for n in (1, 2, 4, 8)} | {16: "a2-megagpu-16g"},
+    "NVIDIA_A100_80GB": {n: f"a2-ultragpu-{n}g" for n in (1, 2, 4, 8)},
+    "NVIDIA_L4": {1: "g2-standard-8", 2: "g2-standard-24", 4: "g2-standard-48"}
+    | {8: "g2-standard-96"},
+    "NVIDIA_H100_80GB": {n: f"a3-highgpu-{n}g" for n in (1, 2, 4, 8)},
+    "NVIDIA_H100_MEGA_80GB": {8: "a3-megagpu-8g"},
+    "NVIDIA_H200_141GB": {8: "a3-ultragpu-8g"},
+}
+# The executors of the training steps (what --replicas R runs as custom jobs).
+TRAINING_EXECUTORS = ("exec-train-teacher", "exec-train-student-scratch", "exec-distill-student")
+# Vertex AI Pipelines fills these in when the step runs.
+PROJECT_PLACEHOLDER = "{{$.pipeline_google_cloud_project_id}}"
+LOCATION_PLACEHOLDER = "{{$.pipeline_google_cloud_location}}"
 
 _S, _T, _ST, _D = (
     defaults(SplitConfig),
@@ -105,6 +128,29 @@ class Resources(ResourceConfig):
                 f"{', '.join(VERTEX_ACCELERATORS)} or a Vertex name such as NVIDIA_L4"
             )
         return VERTEX_ACCELERATORS[name]
+
+    def devices_per_step(self) -> tuple[int, str]:
+        """The devices one training step trains on together, and how to say so."""
+        gpus = max(self.gpus, 1)
+        if self.replicas > 1:
+            return self.replicas * gpus, f"{self.replicas} replicas x {gpus} GPU(s)"
+        return gpus, f"{gpus} GPUs"
+
+    def replica_machine(self) -> str:
+        """Each replica's machine type for ``replicas`` > 1: ``machine_type``, or the one
+        :data:`VERTEX_MACHINES` pairs with the accelerator and ``gpus``."""
+        if self.machine_type:
+            return self.machine_type
+        kind = self.accelerator_type() or ""
+        try:
+            return VERTEX_MACHINES[kind][self.gpus]
+        except KeyError:
+            have = ", ".join(str(n) for n in VERTEX_MACHINES.get(kind, {})) or "none"
+            raise SystemExit(
+                f"error: no default machine type for {self.gpus} x {kind or 'no GPU'} per "
+                f"replica (GPU counts with one: {have}). Fix: pass --gpus with one of those, or "
+                "--machine-type TYPE (a Compute Engine machine type that has them)"
+            ) from None
 
 
 def _heavy(task: Any, res: Resources) -> Any:
@@ -421,9 +467,11 @@ def compile_pipeline(
     image: str = IMAGE,
     enable_caching: bool = True,
     which: str = "main",
+    service_account: str = "",
 ) -> Path:
     """Compile the ``main`` or ``sweep`` pipeline to ``output`` (YAML); ``image`` replaces the
-    default image name."""
+    default image name. With ``res.replicas`` > 1 the training steps are custom jobs
+    (:func:`multi_replica_steps`), run as ``service_account`` (empty: Vertex AI's default)."""
     out = Path(output)
     fn = make_sweep_pipeline(res) if which == "sweep" else make_pipeline(res)
     with tempfile.TemporaryDirectory() as tmp:
@@ -434,11 +482,60 @@ def compile_pipeline(
             text = text.replace(f"image: {IMAGE}\n", f"image: {image}\n")
         if not enable_caching:
             text = text.replace("enableCache: true", "enableCache: false")
+        if res is not None and res.replicas > 1:
+            text = multi_replica_steps(text, res, image, service_account)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_name(out.name + ".tmp")
         tmp_out.write_text(text)
         os.replace(tmp_out, out)
     return out
+
+
+def multi_replica_steps(text: str, res: Resources, image: str, service_account: str = "") -> str:
+    """The compiled pipeline ``text`` with each training step's container replaced by the
+    launcher of :mod:`kd.custom_job`: it runs the step as a Vertex AI custom job of
+    ``res.replicas`` replicas (each ``res.replica_machine()`` with ``res.gpus`` GPUs of the
+    accelerator), itself on a light node. The step's own container (image, command, args)
+    goes into its :class:`kd.custom_job.ReplicaSpec`, unchanged but for the executor input's
+    placeholder. What ``create_custom_training_job_from_component`` of
+    google-cloud-pipeline-components does; that package does not co-install here."""
+    import json
+
+    import yaml  # type: ignore[import-untyped]
+
+    from kd.custom_job import EXECUTOR_INPUT, ReplicaSpec
+
+    docs = list(yaml.safe_load_all(text))
+    executors = docs[0]["deploymentSpec"]["executors"]
+    light = executors["exec-data-split"]["container"].get("resources", {})
+    machine, kind = res.replica_machine(), res.accelerator_type() or ""
+    for name in TRAINING_EXECUTORS:
+        if name not in executors:
+            continue
+        step = executors[name]["container"]
+        spec = ReplicaSpec(
+            replicas=res.replicas,
+            machine_type=machine,
+            image=step["image"],
+            command=list(step["command"]),
+            args=[EXECUTOR_INPUT if a == "{{$}}" else a for a in step["args"]],
+            accelerator_type=kind,
+            accelerator_count=res.gpus if kind else 0,
+            service_account=service_account,
+            display_name=f"kd-pipeline {name[len('exec-') :]}",
+        ).to_json()
+        if "{{$" in spec:
+            raise SystemExit(f"error: step {name} has a placeholder the launcher cannot pass")
+        executors[name]["container"] = {
+            "image": step["image"],
+            "command": ["python3", "-m", "kd.custom_job"],
+            "args": [
+                *("--executor-input", "{{$}}", "--spec", spec),
+                *("--project", PROJECT_PLACEHOLDER, "--location", LOCATION_PLACEHOLDER),
+            ],
+            "resources": json.loads(json.dumps(light)),
+        }
+    return yaml.safe_dump_all(docs, sort_keys=False)
 
 
 def _add_compile_options(p: argparse.ArgumentParser, *, for_submit: bool = False) -> None:
@@ -470,6 +567,20 @@ def _add_compile_options(p: argparse.ArgumentParser, *, for_submit: bool = False
         type=int,
         default=_R.gpus,
         help="GPUs per training step (default: %(default)s, CPU only)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=_R.replicas,
+        help="machines each training step trains on together (Vertex AI only: a custom job "
+        "of R replicas, each with --gpus GPUs; batch sizes are then global over all of them; "
+        "default: %(default)s)",
+    )
+    p.add_argument(
+        "--machine-type",
+        default=_R.machine_type,
+        help="machine type of each replica with --replicas > 1 (default: paired with "
+        "--accelerator and --gpus, e.g. a2-highgpu-1g for 1 x A100)",
     )
     p.add_argument(
         "--train-cpu",
@@ -506,16 +617,21 @@ def _resources(args: argparse.Namespace) -> Resources:
     if args.gpus < 0:
         raise SystemExit("error: --gpus must be >= 0")
     try:
-        return Resources(
+        res = Resources(
             target=args.target,
             accelerator=args.accelerator,
             gpus=args.gpus,
             train_cpu=args.train_cpu,
             train_memory=args.train_memory,
             retries=args.retries,
+            replicas=args.replicas,
+            machine_type=args.machine_type,
         )
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from exc
+    if res.replicas > 1:
+        res.replica_machine()  # a missing machine type is an error before compiling
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -554,11 +670,20 @@ def main(argv: list[str] | None = None) -> int:
                     args.param = [*(args.param or []), (key, given[key])]
         try:  # every parameter checked before any network call
             resolved = parameters.resolve(given, args.pipeline, target=args.target)
+            parameters.check_global_batch(resolved, *res.devices_per_step())
             parameters.check_teacher_exists(resolved.get("teacher_model", ""))
         except parameters.ParameterError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     if args.command == "compile":
+        import parameters
+
+        try:  # a default that does not split over the steps' devices: its run must set it
+            parameters.check_global_batch(
+                parameters.resolve({}, args.pipeline), *res.devices_per_step()
+            )
+        except parameters.ParameterError as exc:
+            print(f"warning: the compiled default {exc}, at submission", file=sys.stderr)
         path = compile_pipeline(
             args.output,
             res=res,
@@ -576,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
             image=args.image,
             enable_caching=not args.no_cache,
             which=args.pipeline,
+            service_account=getattr(args, "service_account", None) or "",
         )
         try:
             submit.submit_from_args(args, str(path))

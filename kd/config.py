@@ -733,6 +733,11 @@ class ResourceConfig:
         retries: retries of a failed training step; each resumes from the last checkpointed
             epoch.
         backoff: wait before the first retry (it doubles each retry).
+        replicas: machines each training step trains on, together (Vertex AI only: R > 1
+            runs the step as a custom job of R replicas, ``kd.custom_job``, each with
+            ``gpus`` GPUs; ``batch_size`` is then the global batch over all R x ``gpus``).
+        machine_type: each replica's machine type when ``replicas`` > 1; empty: the one
+            ``pipeline.py`` pairs with the accelerator and ``gpus``.
     """
 
     target: str = "kfp"
@@ -744,10 +749,21 @@ class ResourceConfig:
     light_memory: str = "8G"
     retries: int = 2
     backoff: str = "30s"
+    replicas: int = 1
+    machine_type: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("target", self.target, TARGETS)
         _check_int("gpus", self.gpus, 0)
+        _check_int("replicas", self.replicas, 1)
+        if self.replicas > 1 and self.target != "vertex":
+            _fail(
+                "replicas",
+                self.replicas,
+                "runs a training step on several machines as a Vertex AI custom job, so it "
+                "needs --target vertex. Fix: use --target vertex, or on a KFP cluster one "
+                "replica with --gpus N",
+            )
         _check_int("retries", self.retries, 0)
         for name in ("train_cpu", "train_memory", "light_cpu", "light_memory", "backoff"):
             value = getattr(self, name)

@@ -22,26 +22,130 @@ BatchNorm (see below; the seed student has none, the teachers have it).
 
 ``TrainConfig.devices`` picks N: 0 (default) uses every visible device (one per GPU the
 step reserved), N > 0 exactly N (more than are visible is a ConfigError before training).
+
+**Several machines** (``pipeline.py compile --replicas R``: a Vertex AI custom job of R
+replicas, :mod:`kd.custom_job`). Vertex AI sets ``TF_CONFIG`` on every replica (the cluster's
+addresses, this replica's role); :func:`join_cluster`, called by each training stage before
+its first TensorFlow op, then starts ``tf.distribute.MultiWorkerMirroredStrategy``, and N is
+every replica's devices together (R x the GPUs of each): the same global-batch rule, the
+gradients all-reduced across the machines. Replica 0 (the chief) writes the stage's outputs;
+the others write theirs to a scratch folder and, on a retry, resume from the chief's
+checkpoint (:func:`seed_checkpoint`). On JAX, several processes are refused (a ConfigError):
+Keras' multi-process ``DataParallel`` needs each process to load its own shard of the data,
+which this package's input pipeline does not do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
+import os
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
 
+from kd.custom_job import CHIEF_OUTPUT_ENV
 from kd.errors import ConfigError
 
 #: The replicas of the :func:`data_parallel` block being run (1 outside one).
 _ACTIVE = [1]
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """The machines that train one step together: ``workers`` processes, this one ``index``
+    (0: the chief, which writes the outputs)."""
+
+    workers: int = 1
+    index: int = 0
+
+    @property
+    def chief(self) -> bool:
+        return self.index == 0
+
+
+def cluster() -> Cluster:
+    """This process's place in a multi-replica job, from ``TF_CONFIG`` (Vertex AI's and
+    ``tf.distribute``'s format: ``{"cluster": {"chief": [...], "worker": [...]}, "task":
+    {"type": ..., "index": ...}}``); one worker without it."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return Cluster()
+    try:
+        spec = json.loads(raw)
+        jobs, task = spec.get("cluster", {}), spec.get("task", {})
+        chiefs, workers = list(jobs.get("chief", [])), list(jobs.get("worker", []))
+        kind, index = task.get("type", ""), int(task.get("index", 0))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ConfigError(
+            f"TF_CONFIG is not a cluster spec ({exc}): {raw[:200]!r}. Fix: unset it, or give "
+            '{"cluster": {"chief": [...], "worker": [...]}, "task": {"type": ..., "index": ...}}'
+        ) from exc
+    others = sorted(set(jobs) - {"chief", "worker"})
+    if others or kind not in ("chief", "worker") or len(chiefs) > 1:
+        raise ConfigError(
+            f"TF_CONFIG has roles {sorted(jobs)} and this task is {kind!r}: only one chief and "
+            "workers train here (data parallelism, no parameter servers or evaluators). Fix: "
+            "run the step with one worker pool of R replicas (pipeline.py compile --replicas R)"
+        )
+    total = len(chiefs) + len(workers)
+    rank = index if kind == "chief" else len(chiefs) + index
+    if not 0 <= rank < total:
+        raise ConfigError(f"TF_CONFIG's task {kind}/{index} is not in its cluster of {total}")
+    return Cluster(total, rank)
+
+
+@functools.cache
+def _multi_worker_strategy() -> Any:
+    import tensorflow as tf
+
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as exc:  # TensorFlow ran before: collectives are set at start-up
+        raise ConfigError(
+            f"cannot join the {cluster().workers}-replica cluster of TF_CONFIG: {exc}. Fix: "
+            "call kd.parallel.join_cluster() before any TensorFlow op (the stages do)"
+        ) from exc
+
+
+def join_cluster() -> Cluster:
+    """Start training with the other replicas of ``TF_CONFIG`` (nothing with one worker).
+    Must run before this process's first TensorFlow op; the training stages call it first."""
+    c = cluster()
+    if c.workers > 1:
+        if keras.backend.backend() != "tensorflow":
+            raise ConfigError(
+                f"TF_CONFIG names {c.workers} replicas, but the {keras.backend.backend()} "
+                "backend trains on one machine here. Fix: KERAS_BACKEND=tensorflow (the "
+                "image's), or run the step with one replica"
+            )
+        _multi_worker_strategy()
+    return c
+
+
+def seed_checkpoint(ckpt: Path) -> None:
+    """On a replica that is not the chief, with no checkpoint of its own: copy the chief's
+    (``$KD_CHIEF_OUTPUT/checkpoint``), so that a retried job resumes every replica from the
+    same epoch. Anywhere else nothing."""
+    source = os.environ.get(CHIEF_OUTPUT_ENV, "")
+    if cluster().chief or not source or ckpt.exists():
+        return
+    chief = Path(source) / ckpt.name
+    if chief.is_dir():
+        shutil.copytree(chief, ckpt)
+
+
 def visible_devices() -> list[Any]:
     """The devices a step can train on: JAX's devices of its default platform; on TensorFlow
     the logical GPUs, or the logical CPU devices when there is no GPU (one, unless configured
-    otherwise)."""
+    otherwise); in a multi-replica job, every replica's (``num_replicas_in_sync`` of them)."""
+    if cluster().workers > 1:
+        return [None] * _strategy_of_cluster().num_replicas_in_sync
     if keras.backend.backend() == "jax":
         import jax
 
@@ -56,6 +160,11 @@ def replicas(requested: int, batch_size: int, where: str = "training") -> int:
     visible and against ``batch_size`` (the global batch, which N must divide)."""
     have = len(visible_devices())
     n = requested or have
+    if cluster().workers > 1 and n != have:
+        raise ConfigError(
+            f"invalid devices={requested}: {where} is one of {cluster().workers} replicas, "
+            f"which train on all their {have} devices together. Fix: set devices=0"
+        )
     if n > have:
         raise ConfigError(
             f"invalid devices={requested}: {where} sees {have} device(s). Fix: reserve "
@@ -68,6 +177,73 @@ def replicas(requested: int, batch_size: int, where: str = "training") -> int:
             f"{n} devices. Fix: use a multiple of {n} (e.g. {batch_size - batch_size % n or n})"
         )
     return n
+
+
+def multi_worker_fit(model: Any) -> Any:
+    """``model``, ready for ``fit`` in a multi-replica job (else unchanged).
+
+    Works around two faults of Keras 3.15's TensorFlow trainer across machines
+    (``MultiWorkerMirroredStrategy``), both in private code, so both checked by
+    ``tests/test_parallel.py`` on every upgrade:
+
+    - before training it builds the model from the first batch, made one batch by a
+      cross-replica MEAN (``_maybe_symbolic_build``): across machines a collective op that
+      fails on a dict of inputs (keras-team/keras#20329, open) and would average uint8 images
+      besides. The build needs the batch's shapes and dtypes only: here it takes this
+      replica's own part of the same first batch.
+    - each step's logs (loss, metrics: scalars) are averaged over the replicas with
+      ``strategy.reduce("MEAN", v, axis=0)``, which fails on a scalar ("Invalid reduction
+      dimension 0"); here scalars are averaged with ``axis=None``, which is the same mean.
+    """
+    if cluster().workers == 1:
+        return model
+    import types
+
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if not getattr(tf_trainer.reduce_per_replica, "kd_scalar_mean", False):
+        original = tf_trainer.reduce_per_replica
+
+        def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
+            if reduction not in ("auto", "mean"):
+                return original(values, strategy, reduction)
+
+            def mean(v: Any) -> Any:
+                if isinstance(v, tf.distribute.DistributedValues):
+                    local = strategy.experimental_local_results(v)[0]
+                    axis = None if local.shape.rank == 0 else 0
+                    return strategy.reduce("MEAN", v, axis=axis)
+                return v
+
+            return tf.nest.map_structure(mean, values)
+
+        reduce_per_replica.kd_scalar_mean = True  # type: ignore[attr-defined]
+        tf_trainer.reduce_per_replica = reduce_per_replica
+
+    def build(self: Any, iterator: Any = None, data_batch: Any = None) -> Any:
+        strategy = self.distribute_strategy
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: (
+                        strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    next(it),
+                )
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(build, model)
+    return model
+
+
+def _strategy_of_cluster() -> Any:
+    join_cluster()
+    return _multi_worker_strategy()
 
 
 def replicate(model: Any) -> Any:
@@ -115,13 +291,16 @@ def active() -> int:
 def data_parallel(n: int) -> Iterator[int]:
     """Build, compile and train inside this block to train over the first ``n`` visible
     devices (see the module docstring); ``n`` = 1 changes nothing. Yields ``n``."""
-    if n == 1:
+    if n == 1 and cluster().workers == 1:
         yield 1
         return
     devices = visible_devices()[:n]
     _ACTIVE.append(n)
     try:
-        if keras.backend.backend() == "jax":
+        if cluster().workers > 1:
+            with _strategy_of_cluster().scope():
+                yield n
+        elif keras.backend.backend() == "jax":
             previous = keras.distribution.distribution()
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
             try:

@@ -33,10 +33,15 @@ def api_endpoint(cfg: RegistryConfig) -> str:
 
 
 def _client(kind: str, cfg: RegistryConfig) -> Any:
+    return vertex_client(kind, api_endpoint(cfg))
+
+
+def vertex_client(kind: str, endpoint: str) -> Any:
+    """The ``aiplatform_v1`` client ``kind`` (e.g. ``"JobServiceClient"``) over REST to
+    ``endpoint``; no credential to an ``http://`` endpoint."""
     from google.api_core.client_options import ClientOptions
     from google.cloud import aiplatform_v1
 
-    endpoint = api_endpoint(cfg)
     credentials = None
     if endpoint.startswith("http://"):
         from google.auth.credentials import AnonymousCredentials

@@ -58,8 +58,10 @@ def train_teacher(
 ) -> dict[str, Any]:
     """Train the teacher; ``train``/``val`` are (Dataset path, expected sha256)."""
     from kd import train as kd_train
+    from kd.parallel import join_cluster
 
     kd_train.pad_heap()  # before the first TensorFlow op (its docstring says why)
+    join_cluster()  # before the first TensorFlow op too: a multi-replica job's collectives
     tr, va = _load(*train, "train"), _load(*val, "validation")
     return kd_train.train_teacher(tr, va, cfg, out_dir, log=log).info
 
@@ -73,8 +75,10 @@ def train_student_scratch(
 ) -> dict[str, Any]:
     """Train the student from scratch (hard labels only)."""
     from kd import train as kd_train
+    from kd.parallel import join_cluster
 
     kd_train.pad_heap()  # before the first TensorFlow op (its docstring says why)
+    join_cluster()  # before the first TensorFlow op too: a multi-replica job's collectives
     tr, va = _load(*train, "train"), _load(*val, "validation")
     return kd_train.train_student_scratch(tr, va, cfg, out_dir, log=log).info
 
@@ -105,9 +109,11 @@ def distill_student(
     from kd import train as kd_train
     from kd.distill import distill_student as run
     from kd.model_folder import load_model
+    from kd.parallel import join_cluster
     from kd.teacher import teacher_identity
 
     kd_train.pad_heap()  # before the first TensorFlow op (its docstring says why)
+    join_cluster()  # before the first TensorFlow op too: a multi-replica job's collectives
     teacher = load_model(teacher_dir)
     tr, va = _load(*train, "train"), _load(*val, "validation")
     identity = teacher_identity(teacher_dir)

@@ -53,7 +53,15 @@ from kd.errors import ArtifactError, ConfigError, DivergenceError
 from kd.model_folder import HISTORY_FILE, MODEL_FILE, save_outputs
 from kd.models import build_model, count_params, fit_whitening
 from kd.parallel import active as active_replicas
-from kd.parallel import clip_after_all_reduce, data_parallel, replicas, shard_multiple
+from kd.parallel import (
+    clip_after_all_reduce,
+    cluster,
+    data_parallel,
+    multi_worker_fit,
+    replicas,
+    seed_checkpoint,
+    shard_multiple,
+)
 from kd.storage import write_text_atomic
 
 if TYPE_CHECKING:
@@ -613,9 +621,11 @@ def config_fingerprint(cfg: TrainConfig, extra: str) -> str:
 def log_replicas(n: int, batch_size: int, name: str, log: Log) -> None:
     """One progress line when a stage trains on several devices."""
     if n > 1:
+        machines = cluster().workers
         log(
             f"[{name}] data-parallel over {n} devices: global batch {batch_size}, "
             f"{batch_size // n} images per device"
+            + (f", on {machines} machines" if machines > 1 else "")
         )
 
 
@@ -693,6 +703,7 @@ def fit(
         )
     out = Path(out_dir)
     ckpt = out / CHECKPOINT_DIR
+    seed_checkpoint(ckpt)  # a non-chief replica of a multi-replica job: the chief's epoch
     prepare_checkpoint(ckpt, config_fingerprint(cfg, fingerprint_extra), log, name)
     saver = EpochCheckpoint(ckpt)
     start = saver.latest()[0]
@@ -732,7 +743,7 @@ def fit(
         )
     # shuffle=False: the sequence shuffles itself, reproducibly; Keras's own batch shuffling
     # would draw from an unseeded source and break resume.
-    model.fit(
+    multi_worker_fit(model).fit(
         train_seq,
         validation_data=val_seq,
         epochs=cfg.epochs,

@@ -6,9 +6,10 @@ STAGE is scratch, distill (from a tiny teacher trained first, in OUT_DIR/teacher
 distill-cached (2 cached teacher views); DEVICES is TrainConfig.devices (0: all visible).
 KD_TEST_TRAIN / KD_TEST_VAL / KD_TEST_BATCH change the split sizes and the batch (200 / 100 /
 50). Set KERAS_BACKEND and either XLA_FLAGS=--xla_force_host_platform_device_count=K (JAX) or
-KD_TEST_CPU_DEVICES=K (TensorFlow: K logical CPU devices) before it starts. Prints one JSON
-line: the stage's log lines, the student's weights file and the teacher's weight checksum
-before and after.
+KD_TEST_CPU_DEVICES=K (TensorFlow: K logical CPU devices) before it starts; or TF_CONFIG (one
+replica of a multi-replica job: start one process per replica). Prints one JSON line: the
+stage's log lines, the student's weights file and the teacher's weight checksum before and
+after.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import os
 import sys
 from pathlib import Path
 
-if os.environ.get("KD_TEST_CPU_DEVICES"):
+if os.environ.get("TF_CONFIG"):
+    from kd.parallel import join_cluster
+
+    join_cluster()  # as the stages do, before any TensorFlow op
+    import keras
+
+    keras.config.disable_traceback_filtering()
+elif os.environ.get("KD_TEST_CPU_DEVICES"):
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -59,8 +67,10 @@ def main() -> None:
         )
     else:
         teacher_dir = out.parent / f"{out.name}-teacher"
+        # (a replica of a multi-replica job trains on all the replicas' devices: 0)
+        one = 0 if os.environ.get("TF_CONFIG") else 1
         cfg1 = StudentConfig(
-            epochs=1, batch_size=batch, divergence_check_epoch=0, seed=1, devices=1
+            epochs=1, batch_size=batch, divergence_check_epoch=0, seed=1, devices=one
         )
         train_student_scratch(train, val, cfg1, teacher_dir, log=lambda m: None)
         teacher = load_model(teacher_dir)

@@ -1668,6 +1668,21 @@ SUBMIT_TEACHER_CASES = [
         ("registry_upload=true", "Fix: submit to Vertex AI"),
         id="registry-upload-on-kfp",
     ),
+    pytest.param(
+        ["--target", "kfp", "--host", "http://127.0.0.1:9", "--replicas", "2"],
+        ("invalid replicas=2", "needs --target vertex", "--gpus N"),
+        id="replicas-on-kfp",
+    ),
+    pytest.param(
+        [*VERTEX, "--replicas", "2", "--gpus", "3", "--accelerator", "A100"],
+        ("no default machine type for 3 x NVIDIA_TESLA_A100", "Fix:", "--machine-type"),
+        id="replicas-without-a-machine-type",
+    ),
+    pytest.param(
+        [*VERTEX, "--replicas", "3", "--gpus", "1"],
+        ("invalid teacher_batch_size=128", "3 replicas x 1 GPU(s)", "multiple of 3"),
+        id="replicas-batch-not-divisible",
+    ),
 ]
 
 

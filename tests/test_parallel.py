@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,98 @@ def test_bad_device_counts_are_refused_before_training(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"invalid batch_size=25: .* over 2 devices\. Fix: use"):
         train_student_scratch((x, y), (x, y), cfg, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Several machines: one process per replica of a multi-replica job, each told its place by
+# TF_CONFIG as Vertex AI tells it (kd.parallel.join_cluster: MultiWorkerMirroredStrategy)
+# ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _replicas(
+    stage: str, outs: list[Path], env: dict[str, str], chief_output: Path | None = None
+) -> list[subprocess.Popen]:
+    """One worker process per replica (replica 0 the chief), each writing to its ``outs``."""
+    addresses = [f"127.0.0.1:{_free_port()}" for _ in outs]
+    cluster = {"chief": addresses[:1], "worker": addresses[1:]}
+    procs = []
+    for i, out in enumerate(outs):
+        task = {"type": "chief", "index": 0} if i == 0 else {"type": "worker", "index": i - 1}
+        e = env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
+        if chief_output is not None and i > 0:
+            e["KD_CHIEF_OUTPUT"] = str(chief_output)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), stage, "0", str(out)],
+                env=e,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[dict]:
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            assert p.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            p.kill()
+    return results
+
+
+@pytest.mark.slow
+def test_two_replicas_train_as_one_device_with_the_same_global_batch(tmp_path):
+    """Distillation from cached teacher views (the teacher itself trained on both replicas
+    first): the chief's student is the one-device student, the worker's the same."""
+    env = _env("tensorflow", 1)
+    one = _run("distill-cached", 1, tmp_path / "one", env)
+    chief, worker = _finish(_replicas("distill-cached", [tmp_path / "r0", tmp_path / "r1"], env))
+    assert DP_LINE in " ".join(chief["log"]) and "data-parallel" not in " ".join(one["log"])
+    a = np.load(tmp_path / "one" / "weights.npy")
+    b, c = np.load(tmp_path / "r0" / "weights.npy"), np.load(tmp_path / "r1" / "weights.npy")
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    np.testing.assert_array_equal(c, b)
+    assert chief["teacher_sum"][0] == chief["teacher_sum"][1]  # the teacher was not updated
+
+
+@pytest.mark.slow
+def test_a_retried_job_resumes_every_replica_from_the_chiefs_checkpoint(tmp_path):
+    """Killed after an epoch; the retry's worker is a new machine (an empty output folder):
+    it starts from the chief's checkpoint (KD_CHIEF_OUTPUT), so both resume from the same
+    epoch and the result is the uninterrupted one-device run's. (A worker that started from
+    scratch would not take part in the chief's restore, and the job fails.)"""
+    env = _env("tensorflow", 1) | {"KD_TEST_EPOCHS": "3"}
+    _run("scratch", 1, tmp_path / "ref", env)
+    chief = tmp_path / "chief"
+    procs = _replicas("scratch", [chief, tmp_path / "w-first"], env, chief_output=chief)
+    deadline = time.time() + 300
+    while not list((chief / "checkpoint").glob("epoch-*.weights.h5")):  # an epoch saved
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    for p in procs:
+        p.kill()
+        p.wait()
+    assert not (chief / "model.keras").exists()  # killed before the end
+    retry = _replicas("scratch", [chief, tmp_path / "w-retry"], env, chief_output=chief)
+    resumed = [
+        [line for line in r["log"] if "resuming after epoch" in line]
+        for r in _finish(retry, timeout=240)
+    ]
+    assert resumed[0] and resumed[0] == resumed[1], resumed
+    a, b = np.load(tmp_path / "ref" / "weights.npy"), np.load(chief / "weights.npy")
+    np.testing.assert_allclose(b, a, atol=1e-5)

@@ -114,6 +114,7 @@ def test_component_descriptions_are_the_config_field_docs(component, fields):
 
 
 RESOURCE_OPTIONS = {"target", "accelerator", "gpus", "train_cpu", "train_memory", "retries"}
+RESOURCE_OPTIONS |= {"replicas", "machine_type"}
 
 
 @pytest.mark.parametrize("for_submit", [False, True], ids=["compile", "submit"])
@@ -127,7 +128,7 @@ def test_pipeline_cli_defaults_are_the_resource_configs(for_submit):
     assert dataclasses.asdict(res) == dataclasses.asdict(ResourceConfig())
     actions = {a.dest: a for a in parser._actions if a.dest in RESOURCE_OPTIONS}
     assert set(actions) == RESOURCE_OPTIONS
-    for dest in RESOURCE_OPTIONS - {"accelerator"}:  # its help names the Vertex default
+    for dest in RESOURCE_OPTIONS - {"accelerator", "machine_type"}:  # their help names theirs
         assert "%(default)s" in actions[dest].help, dest
 
 

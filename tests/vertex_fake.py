@@ -1,9 +1,13 @@
-"""A local HTTP server that speaks the Vertex AI REST calls of :mod:`kd.registry`.
+"""A local HTTP server that speaks the Vertex AI REST calls of :mod:`kd.registry` and
+:mod:`kd.custom_job`.
 
 ``models.upload`` and ``endpoints.deployModel`` each answer a long-running operation that is
 not done; the first poll of it (``GET /v1/{operation}`` or ``/ui/...``) answers done with the
-response, as Vertex AI does. Every request is recorded (method, path, JSON body, headers) for
-the tests to assert what was sent. ``fail_with`` makes the upload answer an HTTP error instead.
+response, as Vertex AI does. ``customJobs.create`` answers the job, pending; each ``get`` of
+it moves it one state on through ``job_states`` (default: running, then succeeded);
+``job_error`` is the error a failed job carries; ``customJobs.cancel`` is recorded. Every
+request is recorded (method, path, JSON body, headers) for the tests to assert what was sent.
+``fail_with`` makes the upload answer an HTTP error instead.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ class FakeVertex:
         self.requests: list[dict[str, Any]] = []
         self.operations: dict[str, dict[str, Any]] = {}
         self.fail_with: tuple[int, str] | None = None
+        self.job_states = ["JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
+        self.job_error = ""
+        self.jobs: dict[str, dict[str, Any]] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,7 +57,14 @@ class FakeVertex:
             def do_POST(self) -> None:  # noqa: N802
                 req = self._record()
                 path = req["path"]
-                if path.endswith("/models:upload"):
+                if path.endswith("/customJobs"):
+                    name = f"{path[len('/v1/') :]}/{len(fake.jobs) + 1}"
+                    job = {**req["body"], "name": name, "state": "JOB_STATE_PENDING"}
+                    fake.jobs[name] = {"job": job, "states": list(fake.job_states)}
+                    self._send(200, job)
+                elif path.endswith(":cancel"):
+                    self._send(200, {})
+                elif path.endswith("/models:upload"):
                     if fake.fail_with:
                         code, status = fake.fail_with
                         self._send(
@@ -77,7 +91,14 @@ class FakeVertex:
                 req = self._record()
                 # The client polls an operation at /ui/NAME (its first HTTP rule) or /v1/NAME.
                 name = req["path"].split("/", 2)[2]
-                if name in fake.operations:
+                if name in fake.jobs:
+                    entry = fake.jobs[name]
+                    if entry["states"]:
+                        entry["job"]["state"] = entry["states"].pop(0)
+                    if entry["job"]["state"] == "JOB_STATE_FAILED" and fake.job_error:
+                        entry["job"]["error"] = {"code": 3, "message": fake.job_error}
+                    self._send(200, entry["job"])
+                elif name in fake.operations:
                     self._send(200, {"name": name, "done": True, **fake.operations[name]})
                 else:
                     self._send(
