@@ -26,6 +26,7 @@ from kd.config import (
     TeacherConfig,
     TeacherSourceConfig,
     loss_defaults,
+    uneven_batch,
 )
 from kd.config import TARGETS as REMOTE_TARGETS
 from kd.errors import ConfigError
@@ -229,12 +230,11 @@ def check_global_batch(params: dict[str, Any], devices: int, where: str) -> None
     """
     for key in ("teacher_batch_size", "student_batch_size"):
         value = params.get(key)
-        if devices > 1 and isinstance(value, int) and value % devices:
-            example = value - value % devices or devices
+        if isinstance(value, int) and (fix := uneven_batch(value, devices)):
             raise ParameterError(
                 f"invalid {key}={value}: it is the global batch of a training step on {where} "
-                f"= {devices} devices, split evenly over them. Fix: pass --param {key}=N with N a "
-                f"multiple of {devices} (e.g. {example})"
+                f"= {devices} devices, split evenly over them. Fix: pass --param {key}=N with "
+                f"N {fix}"
             )
 
 

@@ -70,6 +70,14 @@ def _fail(field_name: str, value: Any, fix: str) -> NoReturn:
     raise ConfigError(f"invalid {field_name}={value!r}: {fix}")
 
 
+def uneven_batch(batch_size: int, devices: int) -> str:
+    """Empty when the global ``batch_size`` splits evenly over ``devices``; else the fix
+    ("a multiple of N, e.g. M"), which every check of it (config, stage, submission) names."""
+    if devices <= 1 or batch_size % devices == 0:
+        return ""
+    return f"a multiple of {devices} (e.g. {batch_size - batch_size % devices or devices})"
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         _fail(name, value, f"must be an integer >= {minimum}")
@@ -190,12 +198,12 @@ class TrainConfig:
         _check_int("devices", self.devices, 0)
         _check_int("epochs", self.epochs, 1)
         _check_int("batch_size", self.batch_size, 1)
-        if self.devices and self.batch_size % self.devices:
+        if fix := uneven_batch(self.batch_size, self.devices):
             _fail(
                 "batch_size",
                 self.batch_size,
                 f"must be a multiple of devices={self.devices}: it is the global batch, split "
-                "evenly over the devices",
+                f"evenly over the devices. Fix: use {fix}",
             )
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_float("learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)

@@ -290,21 +290,17 @@ def tflite_logits(path: str | Path | Any, x: np.ndarray, batch_size: int = 256) 
     return np.concatenate(results)
 
 
-def _tflite_latency_ms(path: Path, x: np.ndarray, runs: int, num_threads: int) -> dict[str, float]:
-    """Batch-1 latency of a TFLite model: 5 warm-up calls, then ``runs`` timed invocations
-    (``time.perf_counter``, set_tensor + invoke + get_tensor), cycling through ``x``."""
+def _latency_ms(call: Any, singles: list[np.ndarray], runs: int, warmup: int) -> dict[str, float]:
+    """Batch-1 latency (ms): ``warmup`` untimed calls of ``call``, then ``runs`` timed ones
+    (``time.perf_counter``), cycling through ``singles``; p50 and p95. One loop for every
+    runtime, so their figures are measured alike."""
     import time
 
-    interp = load_tflite(path, num_threads=num_threads)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    singles = [_quantize_input(x[i : i + 1], inp) for i in range(min(len(x), 16))]
     times = []
-    for i in range(5 + runs):
+    for i in range(warmup + runs):
         t0 = time.perf_counter()
-        interp.set_tensor(inp["index"], singles[i % len(singles)])
-        interp.invoke()
-        interp.get_tensor(out["index"])
-        if i >= 5:
+        call(singles[i % len(singles)])
+        if i >= warmup:
             times.append((time.perf_counter() - t0) * 1000.0)
     return {
         "latency_p50_ms": float(np.percentile(times, 50)),
@@ -312,18 +308,28 @@ def _tflite_latency_ms(path: Path, x: np.ndarray, runs: int, num_threads: int) -
     }
 
 
+def _singles(x: np.ndarray, prepare: Any = None) -> list[np.ndarray]:
+    """Up to 16 batch-1 inputs from ``x`` (float32, or as ``prepare`` makes them)."""
+    make = prepare or (lambda b: np.asarray(b, dtype=np.float32))
+    return [make(x[i : i + 1]) for i in range(min(len(x), 16))]
+
+
+def _tflite_latency_ms(path: Path, x: np.ndarray, runs: int, num_threads: int) -> dict[str, float]:
+    """Batch-1 latency of a TFLite model (set_tensor + invoke + get_tensor), 5 warm-up calls."""
+    interp = load_tflite(path, num_threads=num_threads)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+
+    def call(single: np.ndarray) -> None:
+        interp.set_tensor(inp["index"], single)
+        interp.invoke()
+        interp.get_tensor(out["index"])
+
+    return _latency_ms(call, _singles(x, lambda b: _quantize_input(b, inp)), runs, warmup=5)
+
+
 def _keras_latency_ms(model: Any, x: np.ndarray, runs: int) -> float:
     """Batch-1 p50 latency (ms) of ``model.predict_on_batch``, 3 warm-up calls."""
-    import time
-
-    singles = [np.asarray(x[i : i + 1], dtype=np.float32) for i in range(min(len(x), 16))]
-    times = []
-    for i in range(3 + runs):
-        t0 = time.perf_counter()
-        model.predict_on_batch(singles[i % len(singles)])
-        if i >= 3:
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.percentile(times, 50))
+    return _latency_ms(model.predict_on_batch, _singles(x), runs, warmup=3)["latency_p50_ms"]
 
 
 def _check_images(x: Any, what: str) -> np.ndarray:
@@ -571,22 +577,9 @@ def onnx_logits(path: str | Path | Any, x: np.ndarray, batch_size: int = 256) ->
 
 
 def _onnx_latency_ms(sess: Any, x: np.ndarray, runs: int) -> dict[str, float]:
-    """Batch-1 latency of an onnxruntime session: 5 warm-up calls, then ``runs`` timed
-    ``run`` calls (``time.perf_counter``), cycling through ``x``."""
-    import time
-
+    """Batch-1 latency of an onnxruntime session's ``run``, 5 warm-up calls."""
     name = sess.get_inputs()[0].name
-    singles = [np.asarray(x[i : i + 1], dtype=np.float32) for i in range(min(len(x), 16))]
-    times = []
-    for i in range(5 + runs):
-        t0 = time.perf_counter()
-        sess.run(None, {name: singles[i % len(singles)]})
-        if i >= 5:
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return {
-        "latency_p50_ms": float(np.percentile(times, 50)),
-        "latency_p95_ms": float(np.percentile(times, 95)),
-    }
+    return _latency_ms(lambda single: sess.run(None, {name: single}), _singles(x), runs, 5)
 
 
 def export_onnx(

@@ -49,6 +49,7 @@ from typing import Any
 
 import keras
 
+from kd.config import uneven_batch
 from kd.custom_job import CHIEF_OUTPUT_ENV
 from kd.errors import ConfigError
 
@@ -171,10 +172,10 @@ def replicas(requested: int, batch_size: int, where: str = "training") -> int:
             f"{requested} GPUs for the step (pipeline.py compile --gpus {requested}), or set "
             "devices=0 to use the visible ones"
         )
-    if batch_size % n:
+    if fix := uneven_batch(batch_size, n):
         raise ConfigError(
             f"invalid batch_size={batch_size}: it is the global batch, split evenly over "
-            f"{n} devices. Fix: use a multiple of {n} (e.g. {batch_size - batch_size % n or n})"
+            f"{n} devices. Fix: use {fix}"
         )
     return n
 
