@@ -221,19 +221,31 @@ def check_teacher_exists(value: str) -> None:
         )
 
 
-def check_global_batch(params: dict[str, Any], devices: int, where: str) -> None:
+def check_global_batch(params: dict[str, Any], devices: int, replicas: int, where: str) -> None:
     """Each training step's ``batch_size`` (the global batch) must split evenly over the
-    ``devices`` it trains on (``where`` says which: replicas x GPUs per replica).
+    devices it trains on: its ``*_devices`` when set, else the ``devices`` its node reserves
+    (``where`` says how many: replicas x GPUs per replica). With ``replicas`` > 1 a step trains
+    on all its replicas' devices, so ``*_devices`` must be 0. The teacher's step is skipped
+    when ``teacher_model`` brings one.
 
     Raises:
-        ParameterError: the first batch size that does not, with the fix.
+        ParameterError: the first step that does not, with the fix.
     """
-    for key in ("teacher_batch_size", "student_batch_size"):
-        value = params.get(key)
-        if isinstance(value, int) and (fix := uneven_batch(value, devices)):
+    for step in ("teacher", "student"):
+        if step == "teacher" and params.get("teacher_model"):
+            continue
+        value, own = params.get(f"{step}_batch_size"), params.get(f"{step}_devices") or 0
+        if replicas > 1 and own:
             raise ParameterError(
-                f"invalid {key}={value}: it is the global batch of a training step on {where} "
-                f"= {devices} devices, split evenly over them. Fix: pass --param {key}=N with "
+                f"invalid {step}_devices={own}: with {replicas} replicas each training step "
+                f"trains on all their devices together ({where}). Fix: leave {step}_devices at "
+                "0, or submit with --replicas 1"
+            )
+        n, on = (own, f"{own} devices") if own else (devices, f"{where} = {devices} devices")
+        if isinstance(value, int) and (fix := uneven_batch(value, n)):
+            raise ParameterError(
+                f"invalid {step}_batch_size={value}: it is the global batch of a training step "
+                f"on {on}, split evenly over them. Fix: pass --param {step}_batch_size=N with "
                 f"N {fix}"
             )
 

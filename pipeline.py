@@ -129,12 +129,13 @@ class Resources(ResourceConfig):
             )
         return VERTEX_ACCELERATORS[name]
 
-    def devices_per_step(self) -> tuple[int, str]:
-        """The devices one training step trains on together, and how to say so."""
+    def devices_per_step(self) -> tuple[int, int, str]:
+        """The devices one training step's node(s) reserve, its replicas, and how to say so
+        (:func:`parameters.check_global_batch`'s arguments after the parameters)."""
         gpus = max(self.gpus, 1)
         if self.replicas > 1:
-            return self.replicas * gpus, f"{self.replicas} replicas x {gpus} GPU(s)"
-        return gpus, f"{gpus} GPUs"
+            return self.replicas * gpus, self.replicas, f"{self.replicas} replicas x {gpus} GPU(s)"
+        return gpus, 1, f"{gpus} GPUs"
 
     def replica_machine(self) -> str:
         """Each replica's machine type for ``replicas`` > 1: ``machine_type``, or the one
@@ -468,10 +469,12 @@ def compile_pipeline(
     enable_caching: bool = True,
     which: str = "main",
     service_account: str = "",
+    place: tuple[str, str] = ("", ""),
 ) -> Path:
     """Compile the ``main`` or ``sweep`` pipeline to ``output`` (YAML); ``image`` replaces the
     default image name. With ``res.replicas`` > 1 the training steps are custom jobs
-    (:func:`multi_replica_steps`), run as ``service_account`` (empty: Vertex AI's default)."""
+    (:func:`multi_replica_steps`), run as ``service_account`` (empty: Vertex AI's default) in
+    ``place`` (project, location; empty: filled in by Vertex AI when the step runs)."""
     out = Path(output)
     fn = make_sweep_pipeline(res) if which == "sweep" else make_pipeline(res)
     with tempfile.TemporaryDirectory() as tmp:
@@ -483,7 +486,7 @@ def compile_pipeline(
         if not enable_caching:
             text = text.replace("enableCache: true", "enableCache: false")
         if res is not None and res.replicas > 1:
-            text = multi_replica_steps(text, res, image, service_account)
+            text = multi_replica_steps(text, res, image, service_account, place)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_name(out.name + ".tmp")
         tmp_out.write_text(text)
@@ -491,7 +494,13 @@ def compile_pipeline(
     return out
 
 
-def multi_replica_steps(text: str, res: Resources, image: str, service_account: str = "") -> str:
+def multi_replica_steps(
+    text: str,
+    res: Resources,
+    image: str,
+    service_account: str = "",
+    place: tuple[str, str] = ("", ""),
+) -> str:
     """The compiled pipeline ``text`` with each training step's container replaced by the
     launcher of :mod:`kd.custom_job`: it runs the step as a Vertex AI custom job of
     ``res.replicas`` replicas (each ``res.replica_machine()`` with ``res.gpus`` GPUs of the
@@ -531,7 +540,8 @@ def multi_replica_steps(text: str, res: Resources, image: str, service_account: 
             "command": ["python3", "-m", "kd.custom_job"],
             "args": [
                 *("--executor-input", "{{$}}", "--spec", spec),
-                *("--project", PROJECT_PLACEHOLDER, "--location", LOCATION_PLACEHOLDER),
+                *("--project", place[0] or PROJECT_PLACEHOLDER),
+                *("--location", place[1] or LOCATION_PLACEHOLDER),
             ],
             "resources": json.loads(json.dumps(light)),
         }
@@ -683,7 +693,11 @@ def main(argv: list[str] | None = None) -> int:
                 parameters.resolve({}, args.pipeline), *res.devices_per_step()
             )
         except parameters.ParameterError as exc:
-            print(f"warning: the compiled default {exc}, at submission", file=sys.stderr)
+            print(
+                f"warning: with the compiled defaults the run would stop: {exc} (at "
+                "submission, or in the Vertex AI console's run parameters)",
+                file=sys.stderr,
+            )
         path = compile_pipeline(
             args.output,
             res=res,
@@ -702,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
             enable_caching=not args.no_cache,
             which=args.pipeline,
             service_account=getattr(args, "service_account", None) or "",
+            place=(getattr(args, "project", None) or "", getattr(args, "region", None) or ""),
         )
         try:
             submit.submit_from_args(args, str(path))

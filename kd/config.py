@@ -764,6 +764,14 @@ class ResourceConfig:
         _check_choice("target", self.target, TARGETS)
         _check_int("gpus", self.gpus, 0)
         _check_int("replicas", self.replicas, 1)
+        if self.machine_type and self.replicas == 1:
+            _fail(
+                "machine_type",
+                self.machine_type,
+                "is the machine of each replica of a multi-replica step. Fix: pass --replicas "
+                "R with R > 1, or leave --machine-type out (one replica runs on the cluster's "
+                "node with --gpus GPUs)",
+            )
         if self.replicas > 1 and self.target != "vertex":
             _fail(
                 "replicas",

@@ -16,8 +16,14 @@ runs :func:`main` (``python -m kd.custom_job``) on a light node, which
    scratch folder (:func:`worker_executor_input`) and ``KD_CHIEF_OUTPUT`` naming the chief's
    ``model`` output, so that a retried job resumes them from the chief's checkpoint
    (:func:`kd.parallel.seed_checkpoint`),
-3. polls the job until it ends, and fails with the job's own error if it does not succeed;
-   cancels it if the step is stopped (SIGTERM).
+3. polls the job until it ends (retrying transient errors), and fails with the job's own
+   error if it does not succeed; cancels it if the step is stopped (SIGTERM, as a cancelled
+   run stops it) or the launcher fails while the job runs.
+
+The job runs as ``ReplicaSpec.service_account`` (``pipeline.py submit --service-account``),
+or without one as Vertex AI's Custom Code Service Agent, as google-cloud-pipeline-components'
+custom jobs do; the project and location are written in by ``pipeline.py submit``, else
+filled in by Vertex AI (:func:`resolve_place`).
 
 On every replica Vertex AI sets ``TF_CONFIG``; the training stage reads it
 (:func:`kd.parallel.join_cluster`) and trains over all the replicas' devices together with
@@ -50,6 +56,8 @@ WORKER_SCRATCH = "/tmp/kd-replica-outputs"
 MODEL_OUTPUT = "model"
 DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 POLL_S = 30.0
+#: Failed polls in a row before the launcher gives the job up (and cancels it).
+POLL_RETRIES = 10
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,9 @@ def custom_job(spec: ReplicaSpec, executor_input: dict[str, Any]) -> dict[str, A
         }
 
     job_spec: dict[str, Any] = {
+        # A replica that restarts restarts them all: they resume together from the chief's
+        # checkpoint, instead of the others waiting on its collectives.
+        "scheduling": {"restartJobOnWorkerRestart": True},
         "workerPoolSpecs": [
             pool(1, executor_input, []),
             pool(
@@ -165,11 +176,39 @@ def custom_job(spec: ReplicaSpec, executor_input: dict[str, Any]) -> dict[str, A
                 worker_executor_input(executor_input),
                 [{"name": CHIEF_OUTPUT_ENV, "value": chief_path}],
             ),
-        ]
+        ],
     }
     if spec.service_account:
         job_spec["serviceAccount"] = spec.service_account
     return {"displayName": spec.display_name[:128], "jobSpec": job_spec}
+
+
+class _Stopped(Exception):
+    """SIGTERM reached the launcher (a cancelled run stops its steps so)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:300]
+
+
+def resolve_place(project: str, location: str) -> tuple[str, str]:
+    """The project and location to create the job in: the launcher's arguments (filled in by
+    ``pipeline.py submit``, or by Vertex AI Pipelines' placeholders), else the ones Vertex AI
+    sets in every task's environment (``CLOUD_ML_PROJECT_ID``, ``CLOUD_ML_REGION``)."""
+    import os
+
+    def given(value: str) -> str:
+        return "" if not value or value.startswith("{{$") else value
+
+    project = given(project) or os.environ.get("CLOUD_ML_PROJECT_ID", "")
+    location = given(location) or os.environ.get("CLOUD_ML_REGION", "")
+    if not project or not location:
+        raise ConfigError(
+            f"a custom job needs a project and a location (got {project!r}, {location!r}). "
+            "Fix: submit with pipeline.py submit --target vertex --project P --region R, "
+            "which writes both into the step"
+        )
+    return project, location
 
 
 def run_custom_job(
@@ -183,52 +222,81 @@ def run_custom_job(
     log: Any = print,
 ) -> str:
     """Create the step's custom job, wait for it, and return its name; raise
-    :class:`ArtifactError` with the job's own error if it does not succeed."""
+    :class:`ArtifactError` with the job's own error if it does not succeed. Transient errors
+    of a poll (HTTP 429 / 5xx, a timeout, a lost connection) are retried, up to
+    :data:`POLL_RETRIES` in a row; if the launcher stops or fails while the job runs, the job
+    is cancelled, so no replica is left running (and billed) without its step."""
+    from google.api_core import exceptions as gexc
     from google.cloud import aiplatform_v1
 
     from kd.registry import vertex_client
 
-    if not project or not location:
-        raise ConfigError(
-            f"a custom job needs a project and a location (got {project!r}, {location!r}). "
-            "Fix: run the step on Vertex AI Pipelines, which fills both in"
-        )
+    project, location = resolve_place(project, location)
     endpoint = api_endpoint or f"https://{location}-aiplatform.googleapis.com"
     client = vertex_client("JobServiceClient", endpoint)
     body = aiplatform_v1.CustomJob.from_json(json.dumps(custom_job(spec, executor_input)))
-    try:
-        job = client.create_custom_job(
-            parent=f"projects/{project}/locations/{location}", custom_job=body
-        )
-    except Exception as exc:
-        raise ArtifactError(
-            f"Vertex AI did not create the custom job ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300]}). Fix: give the run's service account "
-            f"roles/aiplatform.user on {project}, and check the machine type "
-            f"{spec.machine_type} and accelerator {spec.accelerator_type or 'none'} exist in "
-            f"{location}"
-        ) from exc
-    name = job.name
-    n = spec.accelerator_count
-    gpus = f" with {n} x {spec.accelerator_type}" if n else ""
-    log(f"custom job {name}: {spec.replicas} replicas of {spec.machine_type}{gpus}")
+    transient = (
+        gexc.TooManyRequests,
+        gexc.InternalServerError,
+        gexc.BadGateway,
+        gexc.ServiceUnavailable,
+        gexc.GatewayTimeout,
+        gexc.DeadlineExceeded,
+        ConnectionError,
+        TimeoutError,
+    )
 
-    def cancel(signum: int, frame: Any) -> None:
-        log(f"stopped: cancelling {name}")
-        client.cancel_custom_job(name=name)
-        raise SystemExit(128 + signum)
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stopped
 
-    previous = signal.signal(signal.SIGTERM, cancel)
+    previous = signal.signal(signal.SIGTERM, stop)  # before the job exists: none is orphaned
+    name = ""
     try:
-        state = ""
+        try:
+            job = client.create_custom_job(
+                parent=f"projects/{project}/locations/{location}", custom_job=body
+            )
+        except _Stopped:
+            raise
+        except Exception as exc:
+            raise ArtifactError(
+                f"Vertex AI did not create the custom job ({type(exc).__name__}: "
+                f"{_first_line(exc)}). Fix: give the run's service account "
+                f"roles/aiplatform.user on {project} (and iam.serviceAccounts.actAs on the "
+                f"job's service account), and check the machine type {spec.machine_type} and "
+                f"accelerator {spec.accelerator_type or 'none'} exist in {location}"
+            ) from exc
+        name = job.name
+        n = spec.accelerator_count
+        gpus = f" with {n} x {spec.accelerator_type}" if n else ""
+        log(f"custom job {name}: {spec.replicas} replicas of {spec.machine_type}{gpus}")
+        state, failures = "", 0
         while True:
-            job = client.get_custom_job(name=name)
+            try:
+                job = client.get_custom_job(name=name)
+                failures = 0
+            except transient as exc:
+                failures += 1
+                if failures > POLL_RETRIES:
+                    raise ArtifactError(
+                        f"lost custom job {name}: {POLL_RETRIES + 1} polls in a row failed "
+                        f"({type(exc).__name__}: {_first_line(exc)}); it was cancelled. Fix: "
+                        "retry the step (it resumes from the last checkpointed epoch)"
+                    ) from exc
+                time.sleep(poll_s)
+                continue
             if job.state.name != state:
                 state = job.state.name
                 log(f"custom job {name}: {state}")
             if state in DONE:
                 break
             time.sleep(poll_s)
+    except BaseException as exc:  # stopped, lost, or anything else while the job runs
+        if name:
+            _cancel(client, name, log)
+        if isinstance(exc, _Stopped):
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     if state != "JOB_STATE_SUCCEEDED":
@@ -239,6 +307,17 @@ def run_custom_job(
             "checkpointed epoch"
         )
     return name
+
+
+def _cancel(client: Any, name: str, log: Any) -> None:
+    log(f"stopping: cancelling {name}")
+    try:
+        client.cancel_custom_job(name=name)
+    except Exception as exc:  # the original error is the one to report
+        log(
+            f"could not cancel {name} ({type(exc).__name__}: {_first_line(exc)}): cancel it "
+            "in the Vertex AI console (Training > Custom jobs)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,15 +130,26 @@ def join_cluster() -> Cluster:
 
 
 def seed_checkpoint(ckpt: Path) -> None:
-    """On a replica that is not the chief, with no checkpoint of its own: copy the chief's
-    (``$KD_CHIEF_OUTPUT/checkpoint``), so that a retried job resumes every replica from the
-    same epoch. Anywhere else nothing."""
+    """On a replica that is not the chief: make ``ckpt`` the chief's checkpoint
+    (``$KD_CHIEF_OUTPUT/checkpoint``; none if the chief has none), so that every replica of a
+    retried or restarted job resumes from the same epoch: the chief's is the one that counts,
+    a worker's own may be older or from another job. Only the checkpoint's finished files are
+    copied (the chief may be renaming its own into place meanwhile). Anywhere else nothing."""
     source = os.environ.get(CHIEF_OUTPUT_ENV, "")
-    if cluster().chief or not source or ckpt.exists():
+    if cluster().chief or not source:
         return
+    shutil.rmtree(ckpt, ignore_errors=True)
     chief = Path(source) / ckpt.name
-    if chief.is_dir():
-        shutil.copytree(chief, ckpt)
+    if not chief.is_dir():
+        return
+    ckpt.mkdir(parents=True)
+    for f in sorted(chief.iterdir()):
+        if f.name.startswith("."):  # a temporary the chief is writing
+            continue
+        try:
+            shutil.copy2(f, ckpt / f.name)
+        except FileNotFoundError:  # replaced by a newer one as we listed
+            continue
 
 
 def visible_devices() -> list[Any]:
@@ -192,9 +203,11 @@ def multi_worker_fit(model: Any) -> Any:
       fails on a dict of inputs (keras-team/keras#20329, open) and would average uint8 images
       besides. The build needs the batch's shapes and dtypes only: here it takes this
       replica's own part of the same first batch.
-    - each step's logs (loss, metrics: scalars) are averaged over the replicas with
+    - each step's logs (loss, metrics: scalars, already the same on every replica, since
+      Keras' metrics aggregate across replicas) are reduced across the machines with
       ``strategy.reduce("MEAN", v, axis=0)``, which fails on a scalar ("Invalid reduction
-      dimension 0"); here scalars are averaged with ``axis=None``, which is the same mean.
+      dimension 0"); here values that are not per-replica pass through as they are, and
+      per-replica scalars (several devices per machine) are averaged with ``axis=None``.
     """
     if cluster().workers == 1:
         return model

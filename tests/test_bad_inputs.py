@@ -1683,6 +1683,16 @@ SUBMIT_TEACHER_CASES = [
         ("invalid teacher_batch_size=128", "3 replicas x 1 GPU(s)", "multiple of 3"),
         id="replicas-batch-not-divisible",
     ),
+    pytest.param(
+        [*VERTEX, "--replicas", "2", "--gpus", "1", "--param", "student_devices=1"],
+        ("invalid student_devices=1", "with 2 replicas", "leave student_devices at 0"),
+        id="replicas-with-step-devices",
+    ),
+    pytest.param(
+        [*VERTEX, "--machine-type", "n1-standard-4"],
+        ("invalid machine_type='n1-standard-4'", "Fix: pass --replicas R"),
+        id="machine-type-without-replicas",
+    ),
 ]
 
 

@@ -188,6 +188,54 @@ def test_a_stopped_step_cancels_its_job(compiled, tmp_path: Path) -> None:
     assert "cancelling" in out
 
 
+def test_transient_poll_errors_are_retried(compiled) -> None:
+    _, three = compiled
+    with FakeVertex() as fake:
+        fake.job_poll_failures = 3
+        args = _launcher_args(_executors(three)["exec-train-teacher"]["container"], fake)
+        assert custom_job.main([*args, "--poll-s", "0"]) == 0
+    assert not [c for c in fake.calls("POST") if c["path"].endswith(":cancel")]
+
+
+def test_a_job_the_launcher_loses_is_cancelled(
+    compiled, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, three = compiled
+    monkeypatch.setattr(custom_job, "POLL_RETRIES", 2)
+    with FakeVertex() as fake:
+        fake.job_poll_failures = 100
+        args = _launcher_args(_executors(three)["exec-train-teacher"]["container"], fake)
+        assert custom_job.main([*args, "--poll-s", "0"]) == 1
+    assert [c["path"] for c in fake.calls("POST") if c["path"].endswith(":cancel")] == [
+        f"/v1/projects/{PROJECT}/locations/{REGION}/customJobs/1:cancel"
+    ]
+    assert "lost custom job" in capsys.readouterr().err
+
+
+def test_submit_writes_the_project_and_region_into_the_steps(tmp_path: Path) -> None:
+    out = pipeline.compile_pipeline(
+        tmp_path / "p.yaml",
+        res=pipeline.Resources(target="vertex", gpus=1, replicas=2),
+        place=("p1", "europe-west4"),
+    )
+    args = _executors(yaml.safe_load(out.read_text()))["exec-train-teacher"]["container"]["args"]
+    assert args[args.index("--project") + 1] == "p1"
+    assert args[args.index("--location") + 1] == "europe-west4"
+
+
+def test_unfilled_placeholders_fall_back_to_the_tasks_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ph = (pipeline.PROJECT_PLACEHOLDER, pipeline.LOCATION_PLACEHOLDER)
+    monkeypatch.setenv("CLOUD_ML_PROJECT_ID", "env-project")
+    monkeypatch.setenv("CLOUD_ML_REGION", "asia-east1")
+    assert custom_job.resolve_place(*ph) == ("env-project", "asia-east1")
+    assert custom_job.resolve_place("p", "us-central1") == ("p", "us-central1")
+    monkeypatch.delenv("CLOUD_ML_REGION")
+    with pytest.raises(ConfigError, match="needs a project and a location.*Fix: submit"):
+        custom_job.resolve_place(*ph)
+
+
 def test_default_machine_types_follow_the_accelerator() -> None:
     res = pipeline.Resources(target="vertex", gpus=2, accelerator="L4", replicas=2)
     assert res.replica_machine() == "g2-standard-24"
@@ -245,23 +293,57 @@ def test_a_bad_tf_config_is_a_clear_error(
         parallel.cluster()
 
 
-def test_a_worker_without_a_checkpoint_starts_from_the_chiefs(
+def test_a_worker_always_resumes_from_the_chiefs_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     chief = tmp_path / "chief" / "model"
     (chief / "checkpoint").mkdir(parents=True)
-    (chief / "checkpoint" / "epoch.txt").write_text("3")
+    (chief / "checkpoint" / "epoch-0003.weights.h5").write_text("3")
+    (chief / "checkpoint" / ".epoch-0004.tmp.weights.h5").write_text("half")
     monkeypatch.setenv("KD_CHIEF_OUTPUT", str(chief))
     mine = tmp_path / "worker" / "model" / "checkpoint"
     _tf_config(monkeypatch, "chief", 0)
     parallel.seed_checkpoint(mine)
-    assert not mine.exists()  # the chief has its own
+    assert not mine.exists()  # the chief keeps its own
     _tf_config(monkeypatch, "worker", 0)
     parallel.seed_checkpoint(mine)
-    assert (mine / "epoch.txt").read_text() == "3"
-    (mine / "epoch.txt").write_text("4")
+    assert sorted(p.name for p in mine.iterdir()) == ["epoch-0003.weights.h5"]  # no temporary
+    (mine / "epoch-0001.weights.h5").write_text("1")  # a worker's own, older (a restart)
     parallel.seed_checkpoint(mine)
-    assert (mine / "epoch.txt").read_text() == "4"  # its own is kept
+    assert sorted(p.name for p in mine.iterdir()) == ["epoch-0003.weights.h5"]
+    monkeypatch.setenv("KD_CHIEF_OUTPUT", str(tmp_path / "chief-without-one"))
+    parallel.seed_checkpoint(mine)
+    assert not mine.exists()  # the chief starts afresh: so does the worker
+
+
+@pytest.mark.parametrize("stage", ["train_teacher", "train_student_scratch", "distill_student"])
+def test_each_training_stage_joins_the_cluster_before_anything_else(
+    stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MultiWorkerMirroredStrategy must start before the process's first TensorFlow op: the
+    stage (what its component calls) joins first, before it reads a Dataset or a model."""
+    import kd.model_folder
+    from kd import stages
+
+    calls: list[str] = []
+
+    class Joined(Exception):
+        pass
+
+    def join() -> None:
+        calls.append("join")
+        raise Joined
+
+    monkeypatch.setattr(parallel, "join_cluster", join)
+    monkeypatch.setattr(kd.model_folder, "load_model", lambda *a, **k: calls.append("model"))
+    monkeypatch.setattr(stages, "_load", lambda *a, **k: calls.append("data"))
+    args = [("train", None), ("val", None), None, str(tmp_path / "out")]
+    with pytest.raises(Joined):
+        if stage == "distill_student":
+            stages.distill_student(str(tmp_path / "teacher"), *args)
+        else:
+            getattr(stages, stage)(*args)
+    assert calls == ["join"]
 
 
 def test_a_replica_refuses_another_backend(monkeypatch: pytest.MonkeyPatch) -> None:

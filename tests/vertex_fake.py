@@ -5,7 +5,8 @@
 not done; the first poll of it (``GET /v1/{operation}`` or ``/ui/...``) answers done with the
 response, as Vertex AI does. ``customJobs.create`` answers the job, pending; each ``get`` of
 it moves it one state on through ``job_states`` (default: running, then succeeded);
-``job_error`` is the error a failed job carries; ``customJobs.cancel`` is recorded. Every
+``job_error`` is the error a failed job carries; ``job_poll_failures`` polls answer HTTP 503
+first; ``customJobs.cancel`` is recorded. Every
 request is recorded (method, path, JSON body, headers) for the tests to assert what was sent.
 ``fail_with`` makes the upload answer an HTTP error instead.
 """
@@ -27,6 +28,7 @@ class FakeVertex:
         self.fail_with: tuple[int, str] | None = None
         self.job_states = ["JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
         self.job_error = ""
+        self.job_poll_failures = 0  # the first polls of a job answer HTTP 503
         self.jobs: dict[str, dict[str, Any]] = {}
         fake = self
 
@@ -91,7 +93,12 @@ class FakeVertex:
                 req = self._record()
                 # The client polls an operation at /ui/NAME (its first HTTP rule) or /v1/NAME.
                 name = req["path"].split("/", 2)[2]
-                if name in fake.jobs:
+                if name in fake.jobs and fake.job_poll_failures > 0:
+                    fake.job_poll_failures -= 1
+                    self._send(
+                        503, {"error": {"code": 503, "message": "busy", "status": "UNAVAILABLE"}}
+                    )
+                elif name in fake.jobs:
                     entry = fake.jobs[name]
                     if entry["states"]:
                         entry["job"]["state"] = entry["states"].pop(0)
