@@ -351,3 +351,32 @@ def test_a_replica_refuses_another_backend(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(parallel.keras.backend, "backend", lambda: "jax")
     with pytest.raises(ConfigError, match="KERAS_BACKEND=tensorflow"):
         parallel.join_cluster()
+
+
+def test_submit_passes_its_project_region_and_service_account_to_the_jobs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``pipeline.py submit --replicas 2``: the package it submits has them in each step."""
+    import submit
+
+    seen: dict[str, Any] = {}
+
+    def fake_submit(args: Any, package: str) -> None:
+        seen.update(yaml.safe_load(Path(package).read_text()))
+
+    monkeypatch.setattr(submit, "submit_from_args", fake_submit)
+    argv = ["submit", "--target", "vertex", "--project", "p9", "--region", "europe-west4"]
+    argv += ["--pipeline-root", "gs://b/root", "--service-account", "sa@p9.iam.gserviceaccount.com"]
+    argv += ["--replicas", "2", "--gpus", "1", "--accelerator", "L4"]
+    assert pipeline.main(argv) == 0
+    container = _executors(seen)["exec-distill-student"]["container"]
+    args = container["args"]
+    assert args[args.index("--project") + 1] == "p9"
+    assert args[args.index("--location") + 1] == "europe-west4"
+    spec = custom_job.ReplicaSpec.from_json(args[args.index("--spec") + 1])
+    assert spec.service_account == "sa@p9.iam.gserviceaccount.com"
+    assert (spec.replicas, spec.machine_type, spec.accelerator_type) == (
+        2,
+        "g2-standard-8",
+        "NVIDIA_L4",
+    )
