@@ -221,16 +221,19 @@ def check_teacher_exists(value: str) -> None:
         )
 
 
-def check_global_batch(params: dict[str, Any], devices: int, replicas: int, where: str) -> None:
+def check_global_batch(params: dict[str, Any], gpus: int, replicas: int = 1) -> None:
     """Each training step's ``batch_size`` (the global batch) must split evenly over the
-    devices it trains on: its ``*_devices`` when set, else the ``devices`` its node reserves
-    (``where`` says how many: replicas x GPUs per replica). With ``replicas`` > 1 a step trains
-    on all its replicas' devices, so ``*_devices`` must be 0. The teacher's step is skipped
-    when ``teacher_model`` brings one.
+    devices it trains on: its ``*_devices`` when set, else all its node(s) reserve,
+    ``replicas`` x ``gpus`` (a CPU-only step counts as one device). With ``replicas`` > 1 a
+    step trains on all its replicas' devices, so ``*_devices`` must be 0. The teacher's step
+    is skipped when ``teacher_model`` brings one.
 
     Raises:
         ParameterError: the first step that does not, with the fix.
     """
+    gpus = max(gpus, 1)
+    devices = replicas * gpus
+    where = f"{replicas} replicas x {gpus} GPU(s)" if replicas > 1 else f"{gpus} GPUs"
     for step in ("teacher", "student"):
         if step == "teacher" and params.get("teacher_model"):
             continue

@@ -129,14 +129,6 @@ class Resources(ResourceConfig):
             )
         return VERTEX_ACCELERATORS[name]
 
-    def devices_per_step(self) -> tuple[int, int, str]:
-        """The devices one training step's node(s) reserve, its replicas, and how to say so
-        (:func:`parameters.check_global_batch`'s arguments after the parameters)."""
-        gpus = max(self.gpus, 1)
-        if self.replicas > 1:
-            return self.replicas * gpus, self.replicas, f"{self.replicas} replicas x {gpus} GPU(s)"
-        return gpus, 1, f"{gpus} GPUs"
-
     def replica_machine(self) -> str:
         """Each replica's machine type for ``replicas`` > 1: ``machine_type``, or the one
         :data:`VERTEX_MACHINES` pairs with the accelerator and ``gpus``."""
@@ -508,7 +500,7 @@ def multi_replica_steps(
     goes into its :class:`kd.custom_job.ReplicaSpec`, unchanged but for the executor input's
     placeholder. What ``create_custom_training_job_from_component`` of
     google-cloud-pipeline-components does; that package does not co-install here."""
-    import json
+    import copy
 
     import yaml  # type: ignore[import-untyped]
 
@@ -543,7 +535,7 @@ def multi_replica_steps(
                 *("--project", place[0] or PROJECT_PLACEHOLDER),
                 *("--location", place[1] or LOCATION_PLACEHOLDER),
             ],
-            "resources": json.loads(json.dumps(light)),
+            "resources": copy.deepcopy(light),  # shared, YAML would write an alias
         }
     return yaml.safe_dump_all(docs, sort_keys=False)
 
@@ -680,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.param = [*(args.param or []), (key, given[key])]
         try:  # every parameter checked before any network call
             resolved = parameters.resolve(given, args.pipeline, target=args.target)
-            parameters.check_global_batch(resolved, *res.devices_per_step())
+            parameters.check_global_batch(resolved, res.gpus, res.replicas)
             parameters.check_teacher_exists(resolved.get("teacher_model", ""))
         except parameters.ParameterError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -690,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:  # a default that does not split over the steps' devices: its run must set it
             parameters.check_global_batch(
-                parameters.resolve({}, args.pipeline), *res.devices_per_step()
+                parameters.resolve({}, args.pipeline), res.gpus, res.replicas
             )
         except parameters.ParameterError as exc:
             print(

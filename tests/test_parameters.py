@@ -255,10 +255,10 @@ def test_the_global_batch_check_takes_each_steps_own_device_count():
     """``--gpus 3`` with steps pinned to one device each, or a brought teacher, is fine; a
     batch that does not split over what a step trains on is refused."""
     params = parameters.resolve({"teacher_devices": 1, "student_devices": 1})
-    parameters.check_global_batch(params, 3, 1, "3 GPUs")  # each step: 1 device
+    parameters.check_global_batch(params, 3)  # each step: 1 device
     brought = parameters.resolve({"teacher_model": "shipped", "student_batch_size": 126})
-    parameters.check_global_batch(brought, 3, 1, "3 GPUs")  # no teacher trains
+    parameters.check_global_batch(brought, 3)  # no teacher trains
     with pytest.raises(parameters.ParameterError, match="invalid teacher_batch_size=128.*3 GPUs"):
-        parameters.check_global_batch(parameters.resolve({}), 3, 1, "3 GPUs")
+        parameters.check_global_batch(parameters.resolve({}), 3)
     pinned = parameters.resolve({"student_devices": 2, "student_batch_size": 126})
-    parameters.check_global_batch(pinned | {"teacher_devices": 4}, 4, 1, "4 GPUs")  # 126 / 2
+    parameters.check_global_batch(pinned | {"teacher_devices": 4}, 4)  # 126 / 2
