@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -300,10 +301,15 @@ class BatchSequence(keras.utils.PyDataset):
 
     The host only picks the batch's images and draws the crop offsets and flips (the crop and
     flip run on the device): the order and the augmentation of batch ``i`` in epoch ``e``
-    depend only on ``(seed, e, i)``. The epoch is counted from the requests themselves (a
-    request for batch 0 after the last batch starts the next epoch), so it stays right
-    however far ahead the backend's input pipeline prefetches; ``start_epoch`` is where a
-    resumed run begins. Without ``augment`` the rows are the identity ``(pad, pad, 0)``.
+    depend only on ``(seed, e, i)``. With ``endless`` (the training split) the sequence has no
+    end: request ``k`` is batch ``k mod len`` of epoch ``start_epoch + k // len`` (``fit``
+    passes ``steps_per_epoch=len``), so Keras keeps one input iterator across the epochs and
+    every batch is a pure function of its request's index. Why not count the requests to
+    tell the epoch: under a ``tf.distribute`` strategy Keras peeks at the first batches
+    through a prefetching iterator and drops it before training, and that iterator's
+    background thread (or any second reader) would move a shared counter at a time that
+    depends on the load. ``start_epoch`` is where a resumed run begins. Without ``augment``
+    the rows are the identity ``(pad, pad, 0)``.
 
     ``on_device`` (default: on the JAX backend with an accelerator) puts the images and labels
     on JAX's default device once, here, and gathers each batch there from the batch's
@@ -334,8 +340,10 @@ class BatchSequence(keras.utils.PyDataset):
         drop_remainder: bool = False,
         on_device: bool | None = None,
         views: TeacherViews | None = None,
+        endless: bool = False,
     ) -> None:
         super().__init__()
+        self.endless = endless
         if views is not None and views.augment.shape[:1] != (len(x),):
             raise ConfigError(
                 f"teacher views cached for {views.augment.shape[0]} images, but the split has "
@@ -357,35 +365,35 @@ class BatchSequence(keras.utils.PyDataset):
             self._device = _device_gather(self.x, self.y)
         self.batch_size, self.seed, self.pad = batch_size, seed, pad
         self.shuffle, self.augment = shuffle, augment
-        self.start_epoch = self.epoch = start_epoch
-        self._last = -1
-        self._order_epoch = -1
-        self._order = np.arange(len(x))
+        self.start_epoch = start_epoch
+        # The latest epoch's permutation, kept for its batches; a lock, since the input
+        # pipeline may call from several threads (an old prefetching iterator among them).
+        self._order_lock = threading.Lock()
+        self._order: tuple[int, np.ndarray] = (-1, np.arange(len(x)))
 
     def __len__(self) -> int:
+        """Batches per epoch."""
         if self.drop_remainder:
             return steps_per_epoch(len(self.x), self.batch_size)
         return math.ceil(len(self.x) / self.batch_size)
 
-    def _ordering(self) -> np.ndarray:
-        if self.shuffle and self._order_epoch != self.epoch:
-            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
-            self._order_epoch = self.epoch
-        return self._order
+    @property
+    def num_batches(self) -> int | None:
+        """What Keras iterates: None (no end) for an ``endless`` sequence, else ``len``."""
+        return None if self.endless else len(self)
 
-    def restart(self) -> None:
-        """Forget the requests made so far (input pipelines peek at batches 0 and 1 to learn
-        their shapes before training starts)."""
-        self.epoch, self._last = self.start_epoch, -1
+    def _ordering(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return self._order[1]
+        with self._order_lock:
+            if self._order[0] != epoch:
+                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
+                self._order = (epoch, order)
+            return self._order[1]
 
     def batch(self, epoch: int, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Batch ``i`` of epoch ``epoch`` (pure: no counters move)."""
-        saved = self.epoch
-        self.epoch = epoch
-        try:
-            idx = self._ordering()[i * self.batch_size : (i + 1) * self.batch_size]
-        finally:
-            self.epoch = saved
+        """Batch ``i`` of epoch ``epoch`` (pure: depends on nothing requested before)."""
+        idx = self._ordering(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
         if self._device is not None:
             x_dev, y_dev, take = self._device
             xb, yb = take(x_dev, y_dev, idx.astype(np.int32))
@@ -413,11 +421,12 @@ class BatchSequence(keras.utils.PyDataset):
             params = identity_augmentation(len(idx), self.pad)
         return {IMAGE_KEY: xb, AUGMENT_KEY: params}, yb
 
-    def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        if i == 0 and self._last == len(self) - 1:
-            self.epoch += 1
-        self._last = i
-        return self.batch(self.epoch, i)
+    def __getitem__(self, k: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Request ``k``: batch ``k mod len`` of epoch ``start_epoch + k // len``."""
+        n = len(self)
+        if not self.endless and not 0 <= k < n:
+            raise IndexError(f"batch {k} of a sequence of {n}")
+        return self.batch(self.start_epoch + k // n, k % n)
 
 
 def _seed_generators(model: Any) -> list[Any]:
@@ -431,16 +440,12 @@ def _seed_generators(model: Any) -> list[Any]:
 
 
 class _Reseed(keras.callbacks.Callback):
-    """At the start of training, reset the batch sequence's request counter; at each epoch
-    start, re-seed every layer's random generator from ``(seed, epoch)``, so
+    """At each epoch start, re-seed every layer's random generator from ``(seed, epoch)``, so
     that dropout after a resume draws exactly what an uninterrupted run draws."""
 
-    def __init__(self, seed: int, seq: BatchSequence) -> None:
+    def __init__(self, seed: int) -> None:
         super().__init__()
-        self.seed, self.seq = seed, seq
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self.seq.restart()
+        self.seed = seed
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         for k, gen in enumerate(_seed_generators(self.model)):
@@ -717,6 +722,7 @@ def fit(
         start_epoch=start,
         drop_remainder=True,
         views=views[0] if views else None,
+        endless=True,
     )
     val_seq = BatchSequence(
         *val,
@@ -729,7 +735,7 @@ def fit(
     hist = _HistoryAndGuard(ckpt / HISTORY_FILE, cfg, name, len(train_seq), log, saver.save)
     callbacks: list[Any] = [
         saver,  # first: restores before the others start
-        _Reseed(cfg.seed, train_seq),
+        _Reseed(cfg.seed),
         hist,  # writes the history, then has the saver checkpoint the epoch
     ]
     if cfg.early_stopping_patience:
@@ -747,6 +753,7 @@ def fit(
         train_seq,
         validation_data=val_seq,
         epochs=cfg.epochs,
+        steps_per_epoch=len(train_seq),  # the sequence has no end (BatchSequence)
         callbacks=callbacks,
         shuffle=False,
         verbose=0,
