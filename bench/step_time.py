@@ -166,7 +166,14 @@ def trace_fit(model: Any, seq: Any, folder: Path, untraced_ms: float) -> None:
                 _write_meta(folder, len(seq), wall, untraced_ms)
 
     folder.mkdir(parents=True, exist_ok=True)
-    model.fit(seq, epochs=2, verbose=0, shuffle=False, callbacks=[TraceEpoch()])
+    model.fit(
+        seq,
+        epochs=2,
+        steps_per_epoch=len(seq),
+        verbose=0,
+        shuffle=False,
+        callbacks=[TraceEpoch()],
+    )
 
 
 def trace_loop(run: Any, steps: int, folder: Path, untraced_ms: float) -> None:
@@ -212,7 +219,15 @@ def time_stage(
             self.times.append(time.perf_counter() - self.t0)
 
     timer = EpochTimes()
-    model.fit(seq, epochs=1 + repeats, verbose=0, shuffle=False, callbacks=[timer])
+    # steps_per_epoch: the sequence is endless, as kd.train.fit's (one input iterator)
+    model.fit(
+        seq,
+        epochs=1 + repeats,
+        steps_per_epoch=steps,
+        verbose=0,
+        shuffle=False,
+        callbacks=[timer],
+    )
     fit_ms = statistics.median(t * 1000 / steps for t in timer.times[1:])
     checkpoint = time_checkpoint(model, repeats)  # before the loops below donate the variables
     if trace is not None:
@@ -338,11 +353,13 @@ def main() -> None:
     }
     for stage in args.stages:
         model = build_stage(stage, args.preset, args.batch_size, args.steps, args.mixed_precision)
-        seq = BatchSequence(x, y, args.batch_size, seed=0, shuffle=True, augment=True)
+        seq = BatchSequence(x, y, args.batch_size, seed=0, shuffle=True, augment=True, endless=True)
         trace = None
         if args.trace is not None:
             k = args.trace_steps * args.batch_size
-            short = BatchSequence(x[:k], y[:k], args.batch_size, seed=0, shuffle=True, augment=True)
+            short = BatchSequence(
+                x[:k], y[:k], args.batch_size, seed=0, shuffle=True, augment=True, endless=True
+            )
             trace = (args.trace, stage, short)
         result["stages"][stage] = time_stage(
             model, seq, args.steps, args.scan, args.repeats, args.unroll, trace

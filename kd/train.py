@@ -308,8 +308,9 @@ class BatchSequence(keras.utils.PyDataset):
     tell the epoch: under a ``tf.distribute`` strategy Keras peeks at the first batches
     through a prefetching iterator and drops it before training, and that iterator's
     background thread (or any second reader) would move a shared counter at a time that
-    depends on the load. ``start_epoch`` is where a resumed run begins. Without ``augment``
-    the rows are the identity ``(pad, pad, 0)``.
+    depends on the load. Without ``endless`` the sequence is one epoch, ``start_epoch``'s,
+    however often it is iterated (validation). ``start_epoch`` is where a resumed run begins.
+    Without ``augment`` the rows are the identity ``(pad, pad, 0)``.
 
     ``on_device`` (default: on the JAX backend with an accelerator) puts the images and labels
     on JAX's default device once, here, and gathers each batch there from the batch's
