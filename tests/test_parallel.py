@@ -198,8 +198,8 @@ def test_a_retried_job_resumes_every_replica_from_the_chiefs_checkpoint(tmp_path
 
     The reference is the uninterrupted two-replica job, not one device: over three epochs
     one device and two replicas drift apart by more than 1e-5 on some CPUs (1.2e-3 on an
-    AMD EPYC without AVX-512, from epoch 2 on, with or without the clip; equal over one
-    epoch, which the test above checks)."""
+    AMD EPYC without AVX-512, from epoch 2 on, with or without the clip); one device against
+    two replicas is the test above's, over one epoch of distillation."""
     env = _env("tensorflow", 1) | {"KD_TEST_EPOCHS": "3"}
     _finish(_replicas("scratch", [tmp_path / "ref", tmp_path / "ref-worker"], env))
     chief = tmp_path / "chief"
