@@ -56,7 +56,7 @@ typecheck: setup  ## mypy on the library and the CLIs
 
 test: setup system-deps  ## THE TEST COMMAND: lint, types, then every test (Docker end-to-end included)
 	$(MAKE) lint typecheck
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q --durations=25 $(ARGS)
 
 test-fast: setup  ## unit tests only (no Docker, no slow tests)
 	$(BIN)/pytest -q -m "not docker and not slow" $(ARGS)

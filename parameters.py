@@ -20,6 +20,7 @@ from kd.config import (
     ExportConfig,
     GateConfig,
     RegistryConfig,
+    ScratchConfig,
     SplitConfig,
     StudentConfig,
     SweepConfig,
@@ -139,7 +140,11 @@ def _training_configs(params: dict[str, Any]) -> dict[str, Any]:
             test_per_class=params["test_per_class"],
         ),
         "teacher": _stage_config(TeacherConfig, "teacher_", params),
-        "student": _stage_config(StudentConfig, "student_", params),
+        # The scratch student: the shared student_* settings, its own learning rate if set
+        # (the sweep pipeline has no scratch student and no scratch_* parameter).
+        "student": _stage_config(ScratchConfig, "", params).apply(
+            _stage_config(StudentConfig, "student_", params)
+        ),
     }
 
 

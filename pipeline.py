@@ -44,6 +44,7 @@ from kd.config import (
     GateConfig,
     RegistryConfig,
     ResourceConfig,
+    ScratchConfig,
     SplitConfig,
     StudentConfig,
     SweepConfig,
@@ -103,6 +104,7 @@ _S, _T, _ST, _D = (
 )
 _E, _G = defaults(EvalConfig), defaults(GateConfig)
 _TS = defaults(TeacherSourceConfig)
+_SC = defaults(ScratchConfig)
 _X, _SW, _R = defaults(ExportConfig), defaults(SweepConfig), ResourceConfig()
 _RG = defaults(RegistryConfig)
 # The fields of a training stage (each a teacher_* and a student_* pipeline parameter).
@@ -243,6 +245,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
         student_seed: int = _ST["seed"],
         student_jit_compile: bool = _ST["jit_compile"],
         student_devices: int = _ST["devices"],
+        scratch_learning_rate: float = _SC["scratch_learning_rate"],
         temperature: float = _D["temperature"],
         alpha: float = _D["alpha"],
         teacher_views: int = _D["teacher_views"],
@@ -280,7 +283,8 @@ def make_pipeline(res: Resources | None = None) -> Any:
         """Teacher, distilled student and scratch student on CIFAR-10, evaluated side by side.
 
         The ``student_*`` settings apply to both students (distilled and scratch) so that the
-        comparison is fair; ``temperature``, ``alpha``, ``teacher_views`` and the loss
+        comparison is fair, except that ``scratch_learning_rate`` (when > 0) replaces the
+        scratch student's learning rate; ``temperature``, ``alpha``, ``teacher_views`` and the loss
         (``kd_loss``, ``logit_standardization`` and its weights) only to distillation.
         """
         v = dict(locals())
@@ -297,7 +301,14 @@ def make_pipeline(res: Resources | None = None) -> Any:
         split.set_display_name("data split")
         data = {"train": split.outputs["train"], "validation": split.outputs["validation"]}
         teacher = _teacher_model(v, data, res)
-        scratch = _heavy(train_student_scratch(**data, **_train_args("student_", v)), res)
+        scratch = _heavy(
+            train_student_scratch(
+                **data,
+                **_train_args("student_", v),
+                scratch_learning_rate=scratch_learning_rate,
+            ),
+            res,
+        )
         scratch.set_display_name("train student from scratch")
         distilled = _heavy(
             distill_student(

@@ -5,12 +5,13 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from components.docs import config_args
 from components.image import IMAGE
-from kd.config import StudentConfig
+from kd.config import ScratchConfig, StudentConfig
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 @config_args(
     StudentConfig,
+    ScratchConfig,
     train="training Dataset from data_split (its sha256 is checked).",
     validation="validation Dataset from data_split.",
     model="the scratch student (folder: model.keras, history.json, info.json).",
@@ -37,18 +38,21 @@ def train_student_scratch(
     seed: int,
     jit_compile: bool,
     devices: int,
+    scratch_learning_rate: float,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
     """Train the student of ``preset`` from scratch on hard labels (same builder and seed as the
-    distilled student); resumes from its last epoch on retry. Needs no teacher.
+    distilled student, at ``scratch_learning_rate`` when > 0); resumes from its last epoch on
+    retry. Needs no teacher.
     """
-    from kd.config import StudentConfig, from_dict
+    from kd.config import ScratchConfig, StudentConfig, from_dict
     from kd.stages import train_student_scratch as run
     from kd.storage import write_metrics_file
 
     params = dict(locals())
-    cfg = from_dict(StudentConfig, {k: params[k] for k in StudentConfig.__dataclass_fields__})
+    shared = from_dict(StudentConfig, {k: params[k] for k in StudentConfig.__dataclass_fields__})
+    cfg = ScratchConfig(scratch_learning_rate).apply(shared)
     info = run(
         (train.path, train.metadata.get("sha256")),
         (validation.path, validation.metadata.get("sha256")),

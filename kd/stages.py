@@ -248,6 +248,11 @@ def evaluate(
     teacher["test_accuracy"] = results["teacher"]["accuracy"]
     info = dict(run_info or {})
     info["gate"] = reason
+    # Each student's peak learning rate (the scratch student's may be its own:
+    # kd.config.ScratchConfig), so the report says what the baseline was trained with.
+    rates = {n: _config_of(model_dirs[n]).get("learning_rate") for n in MODEL_NAMES[1:]}
+    if all(r is not None for r in rates.values()):
+        info["peak_learning_rate"] = rates
     with atomic_path(out_dir) as tmp:
         paths = report.write_report(
             tmp,
@@ -275,6 +280,18 @@ def evaluate(
         "summary_table": report.summary_table(results, comparison),
         "class_names": list(CLASS_NAMES),
     }
+
+
+def _config_of(model_dir: str) -> dict[str, Any]:
+    """The training config a model folder's ``info.json`` records (empty if none)."""
+    from kd.model_folder import INFO_FILE
+
+    path = Path(model_dir) / INFO_FILE
+    try:
+        config = json.loads(path.read_text()).get("config") if path.is_file() else None
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def copy_file(src: str | Path, dst: str | Path) -> None:

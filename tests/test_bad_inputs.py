@@ -752,10 +752,12 @@ def call_train_scratch(o: Outputs, **override: Any) -> None:
     from components.train_student_scratch import train_student_scratch
 
     missing = o.root.parent / "never-read"
+    own = override.pop("scratch_learning_rate", 0.0)
     train_student_scratch.python_func(
         train=_art("Dataset", missing / "train"),
         validation=_art("Dataset", missing / "validation"),
         **_train_args(**override),
+        scratch_learning_rate=own,
         model=_art("Model", o.root / "model"),
         metrics=_art("Metrics", o.root / "metrics"),
     )
@@ -842,6 +844,7 @@ HYPERPARAMETER_CASES = [
     _hp(call_train_teacher, "seed", -1, "seed-negative"),
     _hp(call_train_scratch, "epochs", True, "scratch-epochs-bool"),
     _hp(call_train_scratch, "batch_size", 12.5, "scratch-batch_size-fractional"),
+    _hp(call_train_scratch, "scratch_learning_rate", -0.01, "scratch_learning_rate-negative"),
     _hp(call_distill, "temperature", 0.0, "temperature-0"),
     _hp(call_distill, "temperature", -2.0, "temperature-negative"),
     _hp(call_distill, "temperature", float("inf"), "temperature-inf"),
@@ -1365,6 +1368,11 @@ CLI_CASES = [
         ["--param", "teacher_learning_rate=NaN"],
         ("learning_rate=nan", "finite"),
         id="learning-rate-nan",
+    ),
+    pytest.param(
+        ["--param", "scratch_learning_rate=-0.01"],
+        ("invalid scratch_learning_rate=-0.01", "must be in [0.0, 10.0]"),
+        id="scratch-learning-rate-negative",
     ),
     pytest.param(["--teacher-epochs", "0"], ("invalid epochs=0",), id="teacher-epochs-0"),
     pytest.param(

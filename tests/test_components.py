@@ -1,6 +1,7 @@
 """Each component through ``.python_func`` on temporary artifacts (no KFP runtime, no Docker)."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,8 @@ def chain(tmp_path_factory):
     models = {}
     for name, comp, extra in (
         ("teacher", train_teacher, {}),
-        ("scratch", train_student_scratch, {}),
+        # The baseline at its own peak learning rate (TRAIN's 0.02 is the distilled one's).
+        ("scratch", train_student_scratch, {"scratch_learning_rate": 0.03}),
         # The chain's distillation caches the teacher (two views); the online teacher runs in
         # the local pipeline runs.
         (
@@ -192,6 +194,9 @@ def test_evaluate_outputs_report_metrics_and_gate(chain):
     assert len(cm["rows"]) == 10 and sum(sum(r["row"]) for r in cm["rows"]) == 100
     html = Path(ev["report"].path).read_text()
     assert "<html" in html.lower() and "data:image/png;base64" in html
+    # The report says what each student trained at: the scratch student at its own rate.
+    for name, rate in (("student_distilled", "0.02"), ("student_scratch", "0.03")):
+        assert re.search(rf"peak_learning_rate\.{name}</td>\s*<td[^>]*>{rate}<", html), name
     # The KD gain's interval comes from the test labels the stage scored (100 images here).
     saved = json.loads((Path(ev["report_files"].path) / "metrics.json").read_text())
     interval = saved["comparison"]["kd_gain_interval"]
@@ -279,7 +284,9 @@ def test_component_parameters_match_the_configs():
     ("name", "comp", "cls", "extra"),
     [
         ("teacher", train_teacher, TeacherConfig, {}),
-        ("scratch", train_student_scratch, StudentConfig, {}),
+        ("scratch", train_student_scratch, StudentConfig, {"scratch_learning_rate": 0.0}),
+        # Its own rate replaces the shared one; every other field stays the user's.
+        ("scratch-own-lr", train_student_scratch, StudentConfig, {"scratch_learning_rate": 0.031}),
         ("distilled", distill_student, DistillConfig, {"temperature": 2.5, "alpha": 0.7}),
         ("cached", distill_student, DistillConfig, {"temperature": 3.0, "teacher_views": 1}),
         (
@@ -322,7 +329,11 @@ def test_each_training_component_trains_with_the_users_config(
         model=_art(dsl.Model, tmp_path, "model"),
         metrics=_art(dsl.Metrics, tmp_path, "metrics"),
     )
-    assert seen["cfg"] == cls(**user, **extra)
+    if comp is train_student_scratch:
+        own = extra["scratch_learning_rate"]
+        assert seen["cfg"] == cls(**{**user, "learning_rate": own or user["learning_rate"]})
+    else:
+        assert seen["cfg"] == cls(**user, **extra)
     if cls is DistillConfig:
         distiller = seen["model"]
         assert distiller.student_loss_weight == pytest.approx(extra["alpha"])

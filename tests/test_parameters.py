@@ -25,6 +25,7 @@ from kd.config import (
     GateConfig,
     RegistryConfig,
     ResourceConfig,
+    ScratchConfig,
     SplitConfig,
     StudentConfig,
     SweepConfig,
@@ -57,6 +58,7 @@ def test_main_pipeline_defaults_equal_the_gate_and_distill_configs():
     assert params["alpha"] == DistillConfig().alpha
     assert params["export_check_images"] == ExportConfig().check_images
     assert params["calibration_images"] == ExportConfig().calibration_images
+    assert params["scratch_learning_rate"] == ScratchConfig().scratch_learning_rate
 
 
 def test_the_sweep_grid_default_is_the_sweep_configs():
@@ -71,7 +73,7 @@ def _fields(cls, *names):
 # Each component's parameters (its non-artifact inputs) and the config field each one is.
 COMPONENT_FIELDS = [
     (train_teacher, _fields(TeacherConfig)),
-    (train_student_scratch, _fields(StudentConfig)),
+    (train_student_scratch, {**_fields(StudentConfig), **_fields(ScratchConfig)}),
     (distill_student, _fields(DistillConfig)),
     (
         data_split,
@@ -171,6 +173,8 @@ def test_the_mapping_carries_each_parameter_to_its_stage():
         "teacher_feature_layer": ("distill", "teacher_feature_layer", "b2_pool"),
         "registry_display_name": ("registry", "display_name", "my-student"),
         "registry_machine_type": ("registry", "machine_type", "n1-standard-8"),
+        # The scratch student's own rate: the distilled student keeps student_learning_rate.
+        "scratch_learning_rate": ("student", "learning_rate", 0.02),
     }
     for param, (stage, field, value) in changes.items():
         got = parameters.stage_configs(parameters.resolve({param: value}))

@@ -12,6 +12,7 @@ from components.image import IMAGE
 from kd.config import (
     GRID_KEYS,
     DistillConfig,
+    ScratchConfig,
     StudentConfig,
     SweepConfig,
     TeacherConfig,
@@ -75,6 +76,21 @@ def test_scratch_student_does_not_depend_on_the_teacher(tmp_path):
         "distill-student",
         "train-student-scratch",
     }
+
+
+def test_only_the_scratch_student_takes_scratch_learning_rate(tmp_path):
+    """Both students take the shared ``student_learning_rate``; ``scratch_learning_rate``
+    reaches the scratch student's step, not the distillation's."""
+    tasks = _tasks(_compile(tmp_path))
+
+    def source(task: str, name: str) -> str | None:
+        value = tasks[task]["inputs"]["parameters"].get(name)
+        return value and value["componentInputParameter"]
+
+    assert source("train-student-scratch", "scratch_learning_rate") == "scratch_learning_rate"
+    assert source("distill-student", "scratch_learning_rate") is None
+    for task in ("train-student-scratch", "distill-student"):
+        assert source(task, "learning_rate") == "student_learning_rate"
 
 
 @pytest.mark.parametrize("target", ["vertex", "kfp"])
@@ -220,13 +236,14 @@ def test_sweep_fans_out_over_the_grid_and_collects(tmp_path):
 def test_training_parameter_descriptions_are_the_config_field_docs(tmp_path):
     """The compiled YAML carries each training parameter's doc from kd.config (the UI's)."""
     comps = _compile(tmp_path)["components"]
-    for comp, cls in (
-        ("comp-train-teacher", TeacherConfig),
-        ("comp-train-student-scratch", StudentConfig),
-        ("comp-distill-student", DistillConfig),
+    for comp, classes in (
+        ("comp-train-teacher", [TeacherConfig]),
+        ("comp-train-student-scratch", [StudentConfig, ScratchConfig]),
+        ("comp-distill-student", [DistillConfig]),
     ):
         params = comps[comp]["inputDefinitions"]["parameters"]
-        assert {name: p.get("description") for name, p in params.items()} == field_docs(cls)
+        docs = {k: v for cls in classes for k, v in field_docs(cls).items()}
+        assert {name: p.get("description") for name, p in params.items()} == docs
         artifacts = comps[comp]["inputDefinitions"]["artifacts"]
         assert all(a.get("description") for a in artifacts.values()), comp
 
