@@ -131,7 +131,9 @@ def run_once(
         "train_images": meta["train"]["num_examples"],
         "validation_images": meta["validation"]["num_examples"],
         "teacher": {k: teacher[k] for k in ("architecture", "sha256", "val_accuracy")},
-        "params": {k: v for k, v in params.items() if k.startswith(("student_", "teacher_"))}
+        "params": {
+            k: v for k, v in params.items() if k.startswith(("student_", "scratch_", "teacher_"))
+        }
         | {k: params[k] for k in ("temperature", "alpha", "teacher_views")},
     }
 

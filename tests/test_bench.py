@@ -294,6 +294,9 @@ def test_demo_kd_runs_the_demos_settings_and_scores_the_test_set_it_is_given(tmp
     (run,) = summary["runs"]
     assert summary["test_images"] == 10 and summary["scored_on"] == "official test set"
     assert run["params"]["student_epochs"] == 1 and run["train_images"] == 160
+    from local_runner.run import PROFILES  # the baseline's own rate is the demo's, recorded
+
+    assert run["params"]["scratch_learning_rate"] == PROFILES["demo"]["scratch_learning_rate"]
     from kd.teacher import shipped_teacher_path
 
     shipped = json.loads(shipped_teacher_path().with_suffix(".json").read_text())
