@@ -35,7 +35,7 @@ from parameters import (  # noqa: F401  (re-exported: the runner's callers use t
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PIPELINE_ROOT = "runs"
 
-# The offline demo: the shipped real sample (2,500 train / 2,000 test images) and the teacher
+# The offline demo: the shipped real sample (2,500 train / 5,000 test images) and the teacher
 # shipped in kd/teachers/ (trained on the full official training set), epochs sized to finish
 # in a few minutes on 2 CPU cores. The teacher_* values apply when a teacher is trained
 # (--train-teacher). Every other value is the pipeline's default.

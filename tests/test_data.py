@@ -256,10 +256,10 @@ def test_benign_link_inside_archive_is_accepted(
 
 def test_sample_source() -> None:
     got = load_cifar10("sample")
-    assert got.x_train.shape == (2500, 32, 32, 3) and got.x_test.shape == (2000, 32, 32, 3)
+    assert got.x_train.shape == (2500, 32, 32, 3) and got.x_test.shape == (5000, 32, 32, 3)
     assert got.x_train.dtype == np.uint8 and got.y_train.dtype == np.uint8
     assert np.bincount(got.y_train).tolist() == [250] * 10
-    assert np.bincount(got.y_test).tolist() == [200] * 10
+    assert np.bincount(got.y_test).tolist() == [500] * 10
     assert got.provenance["format"] == "sample" and got.provenance["source"] == "sample"
 
 
@@ -761,7 +761,7 @@ def test_make_splits_on_shipped_sample(tmp_path: Path) -> None:
     assert out["seed"] == 42 and out["val_fraction"] == 0.2
     assert out["train"]["class_counts"] == [200] * 10
     assert out["validation"]["class_counts"] == [50] * 10
-    assert out["test"]["class_counts"] == [200] * 10 and out["test"]["num_examples"] == 2000
+    assert out["test"]["class_counts"] == [500] * 10 and out["test"]["num_examples"] == 5000
     assert out["train"]["num_examples"] + out["validation"]["num_examples"] == 2500
     sample = load_cifar10("sample")
     indices = {}

@@ -5,7 +5,7 @@ Takes a stratified, seeded subset of a full CIFAR-10 copy in the npz layout (a f
 ``cifar10_sample.npz`` with ``x_train, y_train, x_test, y_test``.
 
     python tools/make_sample.py --data PATH_TO_CIFAR10_NPZ_FOLDER \
-        [--train-per-class 250] [--test-per-class 200] [--seed 0]
+        [--train-per-class 250] [--test-per-class 500] [--seed 0]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     )
     ap.add_argument("--data", required=True, help="folder with train.npz and test.npz")
     ap.add_argument("--train-per-class", type=int, default=250)
-    ap.add_argument("--test-per-class", type=int, default=200)
+    ap.add_argument("--test-per-class", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--out", default=str(Path(__file__).parents[1] / "kd/sample_data/cifar10_sample.npz")
