@@ -306,8 +306,8 @@ class ScratchConfig:
     teacher. The learning rate is the exception a fair baseline needs: soft targets steady
     training, so the distilled student tolerates a higher peak rate than the same student on
     hard labels alone, and a shared rate tuned for one under-trains the other. On the demo's
-    2,000 images the scratch student scored 53.8 % of held-out images at 0.035 and 51.9 % at
-    the shared 0.05, where the distilled student peaks (docs/RESULTS.md section 14).
+    2,000 images the scratch student scored 53.8 % of held-out images at 0.035 and 51.6 % at
+    0.05, where the distilled student peaks (docs/RESULTS.md section 14).
 
     Args:
         scratch_learning_rate: the scratch student's peak learning rate per step; 0 (default)
