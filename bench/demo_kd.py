@@ -5,7 +5,7 @@ For each seed, the demo's own parameters (the ``demo`` profile of the local runn
 does) go through the pipeline's stage functions (:mod:`kd.stages`, what the components call):
 the shipped sample is split, the shipped teacher is admitted by ``check_teacher``, the scratch
 and the distilled student are trained; then all three are scored on the **official 10,000 test
-images** (``--test-data``: a folder with ``test.npz``) instead of the sample's 2,000, and timed.
+images** (``--test-data``: a folder with ``test.npz``) instead of the sample's 5,000, and timed.
 The gate decides on each run's validation split, as in the pipeline. Nothing is selected on
 the test set.
 

@@ -3,10 +3,10 @@
     python -m bench.edge [--epochs 15] [--out bench/results/edge.json]
 
 Trains the seed student from scratch on the shipped sample (2,000 training images; the test
-images held out by the sample itself: 500 until session 9, 2,000 since), exports it the way
-the pipeline's export step does (kd.export.export_serving, then kd.export.export_tflite
-calibrated on 200 training images, and kd.export.export_onnx), and records what ``tflite.json``
-and ``onnx.json`` report.
+images held out by the sample itself: 500 until session 9, 2,000 until session 15, 5,000
+since), exports it the way the pipeline's export step does (kd.export.export_serving, then
+kd.export.export_tflite calibrated on 200 training images, and kd.export.export_onnx), and
+records what ``tflite.json`` and ``onnx.json`` report.
 """
 
 from __future__ import annotations

@@ -87,7 +87,9 @@ def run_one(
     from local_runner.run import PROFILES
 
     spec = METHODS[method]
-    overrides = {"student_seed": seed, **(spec or {})}
+    # Both students at the shared rate, as the committed runs (docs/RESULTS.md section 12)
+    # were trained before the scratch student had its own (scratch_learning_rate, section 14).
+    overrides = {"student_seed": seed, "scratch_learning_rate": 0.0, **(spec or {})}
     params = parameters.resolve(overrides, base=PROFILES["demo"])
     cfg = parameters.stage_configs(params)
     cell = work / f"n{n}-s{seed}"
@@ -124,7 +126,11 @@ def run_one(
         "final_val_accuracy": info.get("final_val_accuracy"),
         "wall_s": wall,
         "teacher_cache_s": info.get("teacher_cache_s"),
-        "params": {k: params[k] for k in ("temperature", "alpha", "kd_loss")}
+        "params": {
+            k: params[k]
+            for k in ("temperature", "alpha", "kd_loss")
+            + ("student_learning_rate", "scratch_learning_rate")
+        }
         | {k: params[k] for k in params if k.startswith(("dkd_", "dist_", "logit_"))},
     }
 

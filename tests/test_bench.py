@@ -277,12 +277,25 @@ def test_cpu_speed_times_each_stage_under_the_runners_task_names():
 
 
 @pytest.mark.slow
-def test_demo_kd_runs_the_demos_settings_and_scores_the_test_set_it_is_given(tmp_path):
+def test_demo_kd_runs_the_demos_settings_and_scores_the_test_set_it_is_given(
+    tmp_path, monkeypatch
+):
     """bench.demo_kd: the demo profile's stages with the shipped teacher, scored on the test
     images passed (here 20 random ones), with the summary the RESULTS table is read from."""
     import json
 
     from bench import demo_kd
+    from kd import stages
+
+    rates = {}  # the peak learning rate each student's stage is handed
+    for stage in ("train_student_scratch", "distill_student"):
+        real = getattr(stages, stage)
+
+        def spy(*args, _real=real, _stage=stage):
+            rates[_stage] = args[-2].learning_rate  # (..., cfg, out_dir)
+            return _real(*args)
+
+        monkeypatch.setattr(stages, stage, spy)
 
     _write_source(tmp_path / "data", np.random.default_rng(2))
     out = tmp_path / "demo.json"
@@ -294,9 +307,15 @@ def test_demo_kd_runs_the_demos_settings_and_scores_the_test_set_it_is_given(tmp
     (run,) = summary["runs"]
     assert summary["test_images"] == 10 and summary["scored_on"] == "official test set"
     assert run["params"]["student_epochs"] == 1 and run["train_images"] == 160
-    from local_runner.run import PROFILES  # the baseline's own rate is the demo's, recorded
+    from local_runner.run import PROFILES  # the baseline trains at its own rate, recorded
 
-    assert run["params"]["scratch_learning_rate"] == PROFILES["demo"]["scratch_learning_rate"]
+    own = PROFILES["demo"]["scratch_learning_rate"]
+    assert run["params"]["scratch_learning_rate"] == own
+    assert rates == {
+        "train_student_scratch": own,
+        "distill_student": run["params"]["student_learning_rate"],
+    }
+    assert own != run["params"]["student_learning_rate"]
     from kd.teacher import shipped_teacher_path
 
     shipped = json.loads(shipped_teacher_path().with_suffix(".json").read_text())

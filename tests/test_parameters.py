@@ -187,6 +187,17 @@ def test_the_mapping_carries_each_parameter_to_its_stage():
             assert got[other] == base[other], (param, other)
 
 
+def test_with_the_baselines_own_rate_student_learning_rate_moves_the_distilled_student_only():
+    """The demo's case: scratch_learning_rate set, so the shared rate is the distilled one's."""
+    base = parameters.stage_configs(parameters.resolve({"scratch_learning_rate": 0.035}))
+    got = parameters.stage_configs(
+        parameters.resolve({"scratch_learning_rate": 0.035, "student_learning_rate": 0.07})
+    )
+    assert base["student"].learning_rate == got["student"].learning_rate == 0.035
+    assert got["distill"].learning_rate == 0.07
+    assert got["student"] == base["student"]
+
+
 @pytest.mark.parametrize(
     "grid, names",
     [
