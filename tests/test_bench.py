@@ -277,9 +277,7 @@ def test_cpu_speed_times_each_stage_under_the_runners_task_names():
 
 
 @pytest.mark.slow
-def test_demo_kd_runs_the_demos_settings_and_scores_the_test_set_it_is_given(
-    tmp_path, monkeypatch
-):
+def test_demo_kd_runs_the_demos_settings_and_scores_the_test_set_it_is_given(tmp_path, monkeypatch):
     """bench.demo_kd: the demo profile's stages with the shipped teacher, scored on the test
     images passed (here 20 random ones), with the summary the RESULTS table is read from."""
     import json
