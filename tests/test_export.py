@@ -47,11 +47,11 @@ from kd.train import train_student_scratch  # noqa: E402
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A seed student (1 epoch, 300 sample images) and its TFLite exports with test metrics."""
     data = load_cifar10("sample")
-    x_test, y_test = data.x_test[::4], data.y_test[::4]  # 50 per class (sorted by class)
+    x_test, y_test = data.x_test[::10], data.y_test[::10]  # 50 per class (sorted by class)
     model_dir = tmp_path_factory.mktemp("student")
     train_student_scratch(
         (data.x_train[:300], data.y_train[:300]),
-        (data.x_test[::20], data.y_test[::20]),  # 10 per class (sorted by class)
+        (data.x_test[::50], data.y_test[::50]),  # 10 per class (sorted by class)
         StudentConfig(epochs=1, batch_size=50, divergence_check_epoch=0),
         model_dir,
         log=lambda _: None,

@@ -55,7 +55,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("student")
     train_student_scratch(
         (data.x_train[:300], data.y_train[:300]),
-        (data.x_test[::20], data.y_test[::20]),  # 10 per class (sorted by class)
+        (data.x_test[::50], data.y_test[::50]),  # 10 per class (sorted by class)
         StudentConfig(epochs=1, batch_size=50, divergence_check_epoch=0),
         out,
         log=lambda _: None,
