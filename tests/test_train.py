@@ -282,8 +282,10 @@ def _run_worker(args: list[str], env: dict, worker: Path = WORKER) -> subprocess
 
 def _kill_after_epochs(
     args: list[str], history: Path, epochs: int, env: dict, worker: Path = WORKER
-) -> None:
-    """Run ``worker`` with ``args`` and SIGKILL it once ``history`` holds ``epochs`` epochs."""
+) -> int:
+    """Run ``worker`` with ``args`` and SIGKILL it once ``history`` holds ``epochs`` epochs;
+    returns the epochs its checkpoint holds after the kill (``epochs`` or, when an epoch is
+    shorter than the 0.3 s the kill waits, more)."""
     proc = _run_worker(args, env, worker)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -291,7 +293,7 @@ def _kill_after_epochs(
             time.sleep(0.3)  # into the next epoch
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return
+            return len(json.loads(history.read_text())["epoch"])
         if proc.poll() is not None:
             pytest.fail(f"worker ended before the kill: {proc.stdout.read()}")
         time.sleep(0.05)
