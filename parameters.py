@@ -161,6 +161,7 @@ def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
             temperature=params["temperature"],
             alpha=params["alpha"],
             teacher_views=params["teacher_views"],
+            teacher_mixup_views=params["teacher_mixup_views"],
             **{k: params[k] for k in LOSS_KEYS},
         ),
         "evaluate": EvalConfig(
@@ -289,5 +290,10 @@ def _validate(params: dict[str, Any], target: str) -> None:
         raise ParameterError(f"parameter grid: {exc}. {example}") from exc
     for point in grid:  # the students' settings, with each point's temperature and alpha
         _stage_config(
-            DistillConfig, "student_", params, **point, teacher_views=params["teacher_views"]
+            DistillConfig,
+            "student_",
+            params,
+            **point,
+            teacher_views=params["teacher_views"],
+            teacher_mixup_views=params["teacher_mixup_views"],
         )

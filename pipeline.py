@@ -249,6 +249,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
         temperature: float = _D["temperature"],
         alpha: float = _D["alpha"],
         teacher_views: int = _D["teacher_views"],
+        teacher_mixup_views: int = _D["teacher_mixup_views"],
         kd_loss: str = _D["kd_loss"],
         logit_standardization: bool = _D["logit_standardization"],
         dkd_alpha: float = _D["dkd_alpha"],
@@ -284,7 +285,8 @@ def make_pipeline(res: Resources | None = None) -> Any:
 
         The ``student_*`` settings apply to both students (distilled and scratch) so that the
         comparison is fair, except that ``scratch_learning_rate`` (when > 0) replaces the
-        scratch student's learning rate; ``temperature``, ``alpha``, ``teacher_views`` and the loss
+        scratch student's learning rate; ``temperature``, ``alpha``, ``teacher_views``,
+        ``teacher_mixup_views`` and the loss
         (``kd_loss``, ``logit_standardization`` and its weights) only to distillation.
         """
         v = dict(locals())
@@ -318,6 +320,7 @@ def make_pipeline(res: Resources | None = None) -> Any:
                 temperature=temperature,
                 alpha=alpha,
                 teacher_views=teacher_views,
+                teacher_mixup_views=teacher_mixup_views,
                 **{k: v[k] for k in LOSS_KEYS},
             ),
             res,
@@ -421,11 +424,13 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
         student_jit_compile: bool = _ST["jit_compile"],
         student_devices: int = _ST["devices"],
         teacher_views: int = _D["teacher_views"],
+        teacher_mixup_views: int = _D["teacher_mixup_views"],
     ):
         """``grid`` is a list of ``{"temperature": T, "alpha": a}``, each optionally with its
         loss (``kd_loss``, ``logit_standardization`` and the weights; the compiled default
         grid carries them all, and ``parameters.resolve`` fills in what a point leaves out);
-        the ``student_*`` settings and ``teacher_views`` apply to every branch."""
+        the ``student_*`` settings, ``teacher_views`` and ``teacher_mixup_views`` apply to every
+        branch."""
         v = dict(locals())
         split = _light(
             data_split(
@@ -448,6 +453,7 @@ def make_sweep_pipeline(res: Resources | None = None) -> Any:
                     temperature=point.temperature,
                     alpha=point.alpha,
                     teacher_views=teacher_views,
+                    teacher_mixup_views=teacher_mixup_views,
                     # Every point carries its loss: parameters.resolve fills in the defaults.
                     **{k: getattr(point, k) for k in LOSS_KEYS},
                 ),

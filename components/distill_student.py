@@ -42,6 +42,7 @@ def distill_student(
     temperature: float,
     alpha: float,
     teacher_views: int,
+    teacher_mixup_views: int,
     kd_loss: str,
     logit_standardization: bool,
     dkd_alpha: float,
@@ -80,7 +81,12 @@ def distill_student(
     )
     model.metadata["parameters"] = info["parameters"]["total"]
     model.metadata.update(
-        {"temperature": temperature, "alpha": alpha, "teacher_views": teacher_views}
+        {
+            "temperature": temperature,
+            "alpha": alpha,
+            "teacher_views": teacher_views,
+            "teacher_mixup_views": teacher_mixup_views,
+        }
     )
     model.metadata["kd_loss"] = cfg.loss_label()
     who = info.get("teacher") or {}

@@ -380,11 +380,26 @@ class DistillConfig(StudentConfig):
             logits. Fewer distinct views than an online teacher sees (``epochs``), so it
             trades augmentation for teacher time; K <= ``MAX_TEACHER_VIEWS``, and K > 1 needs
             ``augment`` (without it every view is the same image).
+        teacher_mixup_views: M >= 0 mixed views per image that the cache adds to its K
+            plain ones ("function matching", Beyer et al. 2022: the teacher labels inputs
+            no labelled image shows, so the student matches the teacher's function between
+            the images as well). Mixed view ``m`` of image ``i`` is ``v = (w * x_i + (256 -
+            w) * x_j + 128) // 256`` per uint8 pixel (mixup, Zhang et al. 2018, in integer
+            arithmetic so host and device blend bit for bit), ``j`` another training image
+            and ``w`` uniform in 0..256 (the blend weight, in 256ths: lambda = w / 256 ~
+            U(0, 1)), both drawn once per view; then crop and flip as for a plain view, and
+            the teacher's logits for the result are cached. Each step draws one of the
+            image's ``K + M`` views at random, so a share ``M / (K + M)`` of the steps' images
+            are blends. The hard-label term (``alpha``) of a blend uses the label of the
+            image with the larger weight (``x_i`` when ``w >= 128``). Cost: M more teacher
+            passes. 0 (default): plain views only. Needs the cache (``teacher_views >= 1``);
+            ``K + M <= MAX_TEACHER_VIEWS``.
     """
 
     temperature: float = 5.0
     alpha: float = 0.1
     teacher_views: int = 0
+    teacher_mixup_views: int = 0
     kd_loss: str = "hinton"
     logit_standardization: bool = False
     dkd_alpha: float = 1.0
@@ -463,6 +478,22 @@ class DistillConfig(StudentConfig):
                 self.teacher_views,
                 "must be 0 with feature_weight > 0: the cache holds the teacher's logits, "
                 "not its features; run the teacher online (teacher_views=0)",
+            )
+        _check_int("teacher_mixup_views", self.teacher_mixup_views, 0)
+        if self.teacher_mixup_views > 0 and self.teacher_views == 0:
+            _fail(
+                "teacher_mixup_views",
+                self.teacher_mixup_views,
+                "must be 0 with teacher_views=0: the mixed views are cached with the plain "
+                "ones; set teacher_views >= 1 (e.g. 2), or teacher_mixup_views=0",
+            )
+        if self.teacher_views + self.teacher_mixup_views > MAX_TEACHER_VIEWS:
+            _fail(
+                "teacher_mixup_views",
+                self.teacher_mixup_views,
+                f"must be <= {MAX_TEACHER_VIEWS} - teacher_views "
+                f"({MAX_TEACHER_VIEWS - self.teacher_views}): the cache holds N x (K + M) "
+                "logits in memory",
             )
 
 

@@ -57,6 +57,7 @@ from kd.parallel import data_parallel, replicas, replicate
 from kd.parallel import predict as parallel_predict
 from kd.train import (
     AUGMENT_KEY,
+    BLEND_ONE,
     CHECKPOINT_DIR,
     IMAGE_KEY,
     TEACHER_KEY,
@@ -64,6 +65,7 @@ from kd.train import (
     Log,
     TrainResult,
     batch_inputs,
+    blend_images,
     config_fingerprint,
     data_fingerprint,
     draw_augmentation,
@@ -513,6 +515,9 @@ class TeacherViews:
     Attributes:
         augment: int32 (N, K, 3) ``(oy, ox, flip)`` rows (:func:`draw_augmentation`).
         logits: float32 (N, K, C) the teacher's logits for each view (inference mode).
+        mix: None (every view is its image, cropped and flipped), or int32 (N, K, 2)
+            ``(partner, w)`` rows: the view is first blended with image ``partner`` at weight
+            ``w`` in 256ths (:func:`kd.train.blend_images`; a plain view is ``(i, 256)``).
     """
 
     augment: np.ndarray
@@ -520,6 +525,7 @@ class TeacherViews:
     # The teacher's logits do not depend on the flip (:func:`flip_invariant`): the rows hold
     # flip 0, and :class:`kd.train.BatchSequence` draws each use's flip afresh.
     flip_free: bool = False
+    mix: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -567,8 +573,10 @@ def cache_teacher_views(
     seed: int,
     augment: bool = True,
     pad: int = 4,
+    mixup_views: int = 0,
 ) -> TeacherViews:
-    """The teacher's logits for ``views`` augmented views of every image of ``x``.
+    """The teacher's logits for ``views`` augmented views of every image of ``x``, and for
+    ``mixup_views`` mixed ones.
 
     View ``k`` of the N images draws its crop offsets and flips from a generator keyed by
     ``(seed, k)`` (identity rows without ``augment``); the teacher runs in inference mode
@@ -580,6 +588,12 @@ def cache_teacher_views(
     0) and marked ``flip_free``: training then draws the flip of every use afresh, and each
     cached crop serves both flips at no extra teacher pass (2K distinct views for K passes).
 
+    Mixed view ``K + m`` (``m < mixup_views``; ``DistillConfig.teacher_mixup_views`` says why)
+    of image ``i`` blends it with image ``j`` at weight ``w`` (:func:`kd.train.blend_images`),
+    ``j`` uniform over the N images and ``w`` uniform in 0..256, both drawn from a generator
+    keyed by ``(seed, K + m)``, then crops and flips the blend as a plain view does. The plain
+    views are drawn as without mixed ones, so adding mixed views leaves them unchanged.
+
     Args:
         teacher: the trained teacher (a plain model, uint8 images in, logits out).
         x: uint8 (N, 32, 32, 3) images.
@@ -587,30 +601,45 @@ def cache_teacher_views(
         seed: the run's seed.
         augment: random views (else every view is the image itself).
         pad: crop padding in pixels.
+        mixup_views: M >= 0 mixed views after the K plain ones.
     """
     if isinstance(views, bool) or not isinstance(views, int) or views < 1:
         raise ConfigError(
             f"cache_teacher_views needs views >= 1, got {views!r}. Fix: pass K >= 1 (0 means "
             "no cache: distill with the online teacher)"
         )
-    n = len(x)
+    if isinstance(mixup_views, bool) or not isinstance(mixup_views, int) or mixup_views < 0:
+        raise ConfigError(
+            f"cache_teacher_views needs mixup_views >= 0, got {mixup_views!r}. Fix: pass M >= 0 "
+            "(0: plain views only)"
+        )
+    n, total = len(x), views + mixup_views
     forward = training_model(teacher, pad)
     flip_free = False
     if augment:
         rows = [
-            draw_augmentation(np.random.default_rng([seed, k, 0, 3]), n, pad) for k in range(views)
+            draw_augmentation(np.random.default_rng([seed, k, 0, 3]), n, pad) for k in range(total)
         ]
         flip_free = _mirror_agrees(forward, x[:FLIP_PROBE], pad)
         if flip_free:
             for r in rows:
                 r[:, 2] = 0
     else:
-        rows = [identity_augmentation(n, pad)] * views
-    logits = np.empty((n, views, NUM_CLASSES), np.float32)
-    for k in range(views):
-        out = parallel_predict(forward, {IMAGE_KEY: x, AUGMENT_KEY: rows[k]}, eval_batch_size(n))
-        logits[:, k] = np.asarray(out, np.float32)
-    return TeacherViews(np.stack(rows, axis=1), logits, flip_free=flip_free)
+        rows = [identity_augmentation(n, pad)] * total
+    mix = np.empty((n, total, 2), np.int32)
+    mix[:, :views] = np.stack([np.arange(n), np.full(n, BLEND_ONE)], axis=1)[:, None]
+    for k in range(views, total):
+        rng = np.random.default_rng([seed, k, 0, 5])
+        mix[:, k, 0] = rng.integers(0, n, size=n)
+        mix[:, k, 1] = rng.integers(0, BLEND_ONE + 1, size=n)
+    logits = np.empty((n, total, NUM_CLASSES), np.float32)
+    for k in range(total):
+        images = x if k < views else blend_images(x, x[mix[:, k, 0]], mix[:, k, 1])
+        batch = {IMAGE_KEY: images, AUGMENT_KEY: rows[k]}
+        logits[:, k] = np.asarray(parallel_predict(forward, batch, eval_batch_size(n)), np.float32)
+    return TeacherViews(
+        np.stack(rows, axis=1), logits, flip_free=flip_free, mix=mix if mixup_views else None
+    )
 
 
 def weights_fingerprint(model: Any) -> str:
@@ -710,16 +739,22 @@ def _distill(
         prepare_checkpoint(
             out / CHECKPOINT_DIR, config_fingerprint(cfg, fingerprint), log, "distill_student"
         )
-        if cfg.teacher_views >= cfg.epochs:
+        passes = cfg.teacher_views + cfg.teacher_mixup_views
+        if passes >= cfg.epochs:
             log(
-                f"[distill_student] note: teacher_views={cfg.teacher_views} costs as many "
-                f"teacher passes as the online teacher's {cfg.epochs} epochs, or more; "
-                "use fewer views, or teacher_views=0 (online)"
+                f"[distill_student] note: {passes} cached views cost as many teacher passes "
+                f"as the online teacher's {cfg.epochs} epochs, or more; use fewer views, or "
+                "teacher_views=0 (online)"
             )
         t0 = time.perf_counter()
         views = (
             cache_teacher_views(
-                teacher, train[0], cfg.teacher_views, seed=cfg.seed, augment=cfg.augment
+                teacher,
+                train[0],
+                cfg.teacher_views,
+                seed=cfg.seed,
+                augment=cfg.augment,
+                mixup_views=cfg.teacher_mixup_views,
             ),
             cache_teacher_views(teacher, val[0], 1, seed=cfg.seed, augment=False),
         )
@@ -728,9 +763,10 @@ def _distill(
         flips = (
             " (the teacher is flip-invariant: each serves both flips)" if views[0].flip_free else ""
         )
+        mixed = f" and {cfg.teacher_mixup_views} mixed (mixup)" if cfg.teacher_mixup_views else ""
         log(
-            f"[distill_student] cached the teacher's logits for {cfg.teacher_views} view(s) of "
-            f"{len(train[0])} training images{flips} and the validation split "
+            f"[distill_student] cached the teacher's logits for {cfg.teacher_views} view(s)"
+            f"{mixed} of {len(train[0])} training images{flips} and the validation split "
             f"({extra['teacher_cache_s']:.1f} s)"
         )
     history = fit(

@@ -253,6 +253,12 @@ def evaluate(
     rates = {n: _config_of(model_dirs[n]).get("learning_rate") for n in MODEL_NAMES[1:]}
     if all(r is not None for r in rates.values()):
         info["peak_learning_rate"] = rates
+    # What the distilled student learned from besides the labels: the loss's weights and the
+    # teacher's views (mixed views are images no labelled example shows, kd.config).
+    distilled = _config_of(model_dirs["student_distilled"])
+    keys = ("temperature", "alpha", "kd_loss", "teacher_views", "teacher_mixup_views", "epochs")
+    if distilled:
+        info["distillation"] = {k: distilled[k] for k in keys if k in distilled}
     with atomic_path(out_dir) as tmp:
         paths = report.write_report(
             tmp,

@@ -197,6 +197,31 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.n
     return out
 
 
+#: The blend weight of :func:`blend_images` is in 256ths: w = 256 keeps the first image.
+BLEND_ONE = 256
+
+
+def blend_images(a: Any, b: Any, w: Any, xp: Any = np) -> Any:
+    """Mixup of uint8 images in integer arithmetic: ``(w * a + (256 - w) * b + 128) // 256``.
+
+    Why not float: the teacher's cache blends on the host and a step may blend on the device
+    (:class:`BatchSequence` ``on_device``); integers give the same bytes on both, so the
+    student sees exactly the image the teacher labelled. The result stays in 0..255 (at most
+    (256 * 255 + 128) // 256 = 255).
+
+    Args:
+        a, b: uint8 (N, H, W, C) images.
+        w: int (N,) weights of ``a`` in 256ths, 0..256 (lambda = w / 256).
+        xp: the array module, ``numpy`` or ``jax.numpy``.
+
+    Returns:
+        uint8 (N, H, W, C).
+    """
+    w = xp.asarray(w, dtype=xp.int32)[:, None, None, None]
+    mixed = w * a.astype(xp.int32) + (BLEND_ONE - w) * b.astype(xp.int32) + BLEND_ONE // 2
+    return (mixed // BLEND_ONE).astype(xp.uint8)
+
+
 def crop_flip(images: Any, params: Any, pad: int = 4) -> Any:
     """:func:`augment_batch` as backend ops (``keras.ops``), so it runs inside the compiled step.
 
@@ -284,14 +309,20 @@ def _jax_accelerator() -> bool:
     return bool(jax.default_backend() != "cpu")
 
 
-def _device_gather(x: np.ndarray, y: np.ndarray) -> tuple[Any, Any, Any]:
-    """``x`` and ``y`` on JAX's default device, and a compiled gather of rows from them."""
+def _device_gather(x: np.ndarray, y: np.ndarray) -> tuple[Any, Any, Any, Any]:
+    """``x`` and ``y`` on JAX's default device, a compiled gather of rows from them, and a
+    compiled gather of blends (:func:`blend_images`, with the labels of the larger weight)."""
     import jax
+    import jax.numpy as jnp
 
     def take(xs: Any, ys: Any, idx: Any) -> tuple[Any, Any]:
         return xs[idx], ys[idx]
 
-    return jax.device_put(x), jax.device_put(y), jax.jit(take)
+    def take_blend(xs: Any, ys: Any, idx: Any, partner: Any, w: Any) -> tuple[Any, Any]:
+        images = blend_images(xs[idx], xs[partner], w, jnp)
+        return images, jnp.where(w >= BLEND_ONE // 2, ys[idx], ys[partner])
+
+    return jax.device_put(x), jax.device_put(y), jax.jit(take), jax.jit(take_blend)
 
 
 class BatchSequence(keras.utils.PyDataset):
@@ -325,6 +356,9 @@ class BatchSequence(keras.utils.PyDataset):
     and flip come from one of its K cached views, drawn per image from ``(seed, e, i)`` (view 0
     when K = 1), and the batch adds that view's teacher logits as ``"teacher_logits"``; with
     ``views.flip_free`` (a flip-invariant teacher) the flip is drawn afresh per use instead.
+    A mixed view (``views.mix``, :func:`kd.distill.cache_teacher_views` ``mixup_views``) is
+    blended from its image and its partner (:func:`blend_images`), on the device where the
+    batch is gathered there, and carries the label of the image with the larger weight.
     """
 
     def __init__(
@@ -361,7 +395,7 @@ class BatchSequence(keras.utils.PyDataset):
                 f"{keras.backend.backend()!r}: its input pipeline would copy device arrays "
                 "back to the host. Fix: leave on_device unset (it is on for JAX with a GPU)"
             )
-        self._device: tuple[Any, Any, Any] | None = None
+        self._device: tuple[Any, Any, Any, Any] | None = None
         if on_device:
             self._device = _device_gather(self.x, self.y)
         self.batch_size, self.seed, self.pad = batch_size, seed, pad
@@ -395,15 +429,20 @@ class BatchSequence(keras.utils.PyDataset):
     def batch(self, epoch: int, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Batch ``i`` of epoch ``epoch`` (pure: depends on nothing requested before)."""
         idx = self._ordering(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
-        if self._device is not None:
-            x_dev, y_dev, take = self._device
-            xb, yb = take(x_dev, y_dev, idx.astype(np.int32))
-        else:
-            xb, yb = self.x[idx], self.y[idx]
+        pick = None
         if self.views is not None:
             k = self.views.count
             rng = np.random.default_rng([self.seed, epoch, i, 2])
             pick = rng.integers(k, size=len(idx)) if k > 1 else np.zeros(len(idx), np.intp)
+        if self.views is not None and self.views.mix is not None:
+            partner, w = self.views.mix[idx, pick].T
+            xb, yb = self._blend(idx, partner, w)
+        elif self._device is not None:
+            x_dev, y_dev, take, _ = self._device
+            xb, yb = take(x_dev, y_dev, idx.astype(np.int32))
+        else:
+            xb, yb = self.x[idx], self.y[idx]
+        if self.views is not None:
             rows = self.views.augment[idx, pick]
             if self.views.flip_free:
                 # The teacher's logits are the same for either flip: draw it afresh.
@@ -421,6 +460,16 @@ class BatchSequence(keras.utils.PyDataset):
         else:
             params = identity_augmentation(len(idx), self.pad)
         return {IMAGE_KEY: xb, AUGMENT_KEY: params}, yb
+
+    def _blend(self, idx: np.ndarray, partner: np.ndarray, w: np.ndarray) -> tuple[Any, Any]:
+        """The images ``idx`` blended with ``partner`` at weights ``w`` (:func:`blend_images`)
+        and the labels of the larger weight; on the device with ``on_device``."""
+        if self._device is not None:
+            x_dev, y_dev, _, take_blend = self._device
+            i32 = np.int32
+            return take_blend(x_dev, y_dev, idx.astype(i32), partner.astype(i32), w.astype(i32))
+        xb = blend_images(self.x[idx], self.x[partner], w)
+        return xb, np.where(w >= BLEND_ONE // 2, self.y[idx], self.y[partner])
 
     def __getitem__(self, k: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Request ``k``: batch ``k mod len`` of epoch ``start_epoch + k // len``."""

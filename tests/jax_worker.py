@@ -60,6 +60,25 @@ for epoch in range(2):
         same_batches &= np.array_equal(np.asarray(a_y), b_y)
 
 
+# Mixed views (DistillConfig.teacher_mixup_views): blended on the device from the cache's
+# (partner, weight) rows, the same bytes and labels as the host's blends.
+from kd.distill import cache_teacher_views  # noqa: E402
+
+views = cache_teacher_views(teacher, x, 1, seed=2, mixup_views=3)
+mix_dev = kt.BatchSequence(
+    x, yb, 32, seed=3, shuffle=True, augment=True, on_device=True, views=views
+)
+mix_host = kt.BatchSequence(x, yb, 32, seed=3, shuffle=True, augment=True, views=views)
+same_mixed = mix_host._device is None
+for epoch in range(2):
+    for i in range(len(mix_dev)):
+        (a_in, a_y), (b_in, b_y) = mix_dev.batch(epoch, i), mix_host.batch(epoch, i)
+        same_mixed &= not isinstance(a_in["image"], np.ndarray)
+        same_mixed &= np.array_equal(np.asarray(a_in["image"]), b_in["image"])
+        same_mixed &= np.array_equal(np.asarray(a_y), b_y)
+        same_mixed &= np.array_equal(a_in["teacher_logits"], b_in["teacher_logits"])
+
+
 class DeviceBatches(kt.BatchSequence):
     made = 0
 
@@ -84,19 +103,17 @@ before = [w.copy() for w in teacher.get_weights()]
 res = distill_student(teacher, tr, va, DistillConfig(**cfg), f"{out}/distill", log=lambda m: None)
 unchanged = all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights(), strict=True))
 logits = np.asarray(res.model.predict(data.x_test[:8].astype("float32"), verbose=0))
-# Cached teacher logits (DistillConfig.teacher_views) with device-resident batches: the batch's
-# images come from the device, its crop rows and teacher logits from the host's cache.
+# Cached teacher logits (DistillConfig.teacher_views, with mixed views) with device-resident
+# batches: the batch's images (blends included) come from the device, its crop rows and
+# teacher logits from the host's cache.
+mixed_cfg = DistillConfig(**cfg, teacher_views=2, teacher_mixup_views=2)
 DeviceBatches.made = 0
 kt.BatchSequence = DeviceBatches
 try:
-    cached = distill_student(
-        teacher, tr, va, DistillConfig(**cfg, teacher_views=2), f"{out}/cached", log=lambda m: None
-    )
+    cached = distill_student(teacher, tr, va, mixed_cfg, f"{out}/cached", log=lambda m: None)
 finally:
     kt.BatchSequence = DeviceBatches.__bases__[0]
-cached_host = distill_student(
-    teacher, tr, va, DistillConfig(**cfg, teacher_views=2), f"{out}/cached-host", log=lambda m: None
-)
+cached_host = distill_student(teacher, tr, va, mixed_cfg, f"{out}/cached-host", log=lambda m: None)
 same_cached_training = all(
     np.array_equal(a, b)
     for a, b in zip(cached.model.get_weights(), cached_host.model.get_weights(), strict=True)
@@ -115,6 +132,7 @@ print(
             "cached_on_device": DeviceBatches.made == 2,
             "cached_history": cached.history,
             "cached_device_and_host_training_identical": bool(same_cached_training),
+            "mixed_device_and_host_batches_identical": bool(same_mixed),
         }
     )
 )

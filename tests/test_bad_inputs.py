@@ -771,7 +771,13 @@ def call_distill(o: Outputs, **override: Any) -> None:
     from components.distill_student import distill_student
 
     missing = o.root.parent / "never-read"
-    kd_values = {"temperature": 5.0, "alpha": 0.1, "teacher_views": 0, **LOSS_DEFAULTS}
+    kd_values = {
+        "temperature": 5.0,
+        "alpha": 0.1,
+        "teacher_views": 0,
+        "teacher_mixup_views": 0,
+        **LOSS_DEFAULTS,
+    }
     kd_values.update({k: override.pop(k) for k in list(override) if k in kd_values})
     distill_student.python_func(
         teacher=_art("Model", missing / "teacher"),
@@ -852,6 +858,8 @@ HYPERPARAMETER_CASES = [
     _hp(call_distill, "alpha", -0.1, "alpha-negative"),
     _hp(call_distill, "teacher_views", -1, "teacher_views-negative"),
     _hp(call_distill, "teacher_views", 65, "teacher_views-too-many"),
+    _hp(call_distill, "teacher_mixup_views", -1, "teacher_mixup_views-negative"),
+    _hp(call_distill, "teacher_mixup_views", 2, "teacher_mixup_views-without-cache"),
     _hp(call_distill, "kd_loss", "kl", "kd_loss-unknown"),
     _hp(call_distill, "dkd_beta", -1.0, "dkd_beta-negative"),
     _hp(call_distill, "dist_gamma", float("nan"), "dist_gamma-nan"),
@@ -1094,6 +1102,7 @@ def test_bad_teacher_model(
             temperature=5.0,
             alpha=0.1,
             teacher_views=0,
+            teacher_mixup_views=0,
             **LOSS_DEFAULTS,
             model=_art("Model", outputs.root / "model"),
             metrics=_art("Metrics", outputs.root / "metrics"),
@@ -1373,6 +1382,11 @@ CLI_CASES = [
         ["--param", "scratch_learning_rate=-0.01"],
         ("invalid scratch_learning_rate=-0.01", "must be in [0.0, 10.0]"),
         id="scratch-learning-rate-negative",
+    ),
+    pytest.param(
+        ["--param", "teacher_views=4", "--param", "teacher_mixup_views=61"],
+        ("invalid teacher_mixup_views=61", "must be <= 64 - teacher_views (60)"),
+        id="teacher-mixup-views-too-many",
     ),
     pytest.param(["--teacher-epochs", "0"], ("invalid epochs=0",), id="teacher-epochs-0"),
     pytest.param(

@@ -89,7 +89,13 @@ def chain(tmp_path_factory):
         (
             "distilled",
             distill_student,
-            {"temperature": 4.0, "alpha": 0.2, "teacher_views": 2, **LOSS_DEFAULTS},
+            {
+                "temperature": 4.0,
+                "alpha": 0.2,
+                "teacher_views": 2,
+                "teacher_mixup_views": 1,
+                **LOSS_DEFAULTS,
+            },
         ),
     ):
         model, metrics = (
@@ -161,6 +167,8 @@ def test_training_components_write_models_and_metrics(chain):
     assert info["config"]["teacher_views"] == 2 and info["teacher_cache_s"] > 0
     assert m["distilled_metrics"].metadata["teacher_cache_s"] == info["teacher_cache_s"]
     assert m["distilled"].metadata["teacher_views"] == 2
+    assert m["distilled"].metadata["teacher_mixup_views"] == 1
+    assert info["config"]["teacher_mixup_views"] == 1
     assert m["distilled"].metadata["kd_loss"] == "hinton"
     hist = json.loads((Path(m["distilled"].path) / "history.json").read_text())
     assert "val_accuracy" in hist and "distillation_loss" in hist
@@ -197,6 +205,10 @@ def test_evaluate_outputs_report_metrics_and_gate(chain):
     # The report says what each student trained at: the scratch student at its own rate.
     for name, rate in (("student_distilled", "0.02"), ("student_scratch", "0.03")):
         assert re.search(rf"peak_learning_rate\.{name}</td>\s*<td[^>]*>{rate}<", html), name
+    # ... and what the distilled student learned from: the chain cached 2 plain views and 1
+    # mixed view of each image.
+    for key, value in (("teacher_views", "2"), ("teacher_mixup_views", "1"), ("temperature", "4")):
+        assert re.search(rf"distillation\.{key}</td>\s*<td[^>]*>{value}(\.0)?<", html), key
     # The KD gain's interval comes from the test labels the stage scored (100 images here).
     saved = json.loads((Path(ev["report_files"].path) / "metrics.json").read_text())
     interval = saved["comparison"]["kd_gain_interval"]
@@ -290,6 +302,12 @@ def test_component_parameters_match_the_configs():
         ("distilled", distill_student, DistillConfig, {"temperature": 2.5, "alpha": 0.7}),
         ("cached", distill_student, DistillConfig, {"temperature": 3.0, "teacher_views": 1}),
         (
+            "mixed-views",
+            distill_student,
+            DistillConfig,
+            {"teacher_views": 1, "teacher_mixup_views": 2},
+        ),
+        (
             "dkd",
             distill_student,
             DistillConfig,
@@ -317,7 +335,14 @@ def test_each_training_component_trains_with_the_users_config(
     monkeypatch.setattr(kd.distill, "fit", spy)
     user = {**TRAIN, "learning_rate": 0.013, "label_smoothing": 0.1, "seed": 7, "momentum": 0.8}
     if cls is DistillConfig:
-        extra = {"temperature": 5.0, "alpha": 0.1, "teacher_views": 0, **LOSS_DEFAULTS, **extra}
+        extra = {
+            "temperature": 5.0,
+            "alpha": 0.1,
+            "teacher_views": 0,
+            "teacher_mixup_views": 0,
+            **LOSS_DEFAULTS,
+            **extra,
+        }
     tr, va, _ = chain["data"]
     teacher = {"teacher": chain["models"]["teacher"]} if cls is DistillConfig else {}
     comp.python_func(

@@ -1,7 +1,7 @@
 """The same library code on the JAX backend (how the GPU machine, which has no TensorFlow,
-runs it): the KD loss, distillation with a frozen teacher, batches gathered on the device
-(the same bytes and the same training as batches the host gathers), and a model saved under
-JAX that TensorFlow loads and predicts with identically."""
+runs it): the KD loss, distillation with a frozen teacher, batches gathered (and mixed views
+blended) on the device (the same bytes and the same training as batches the host gathers),
+and a model saved under JAX that TensorFlow loads and predicts with identically."""
 
 import json
 import os
@@ -39,6 +39,7 @@ def test_library_runs_on_jax(tmp_path):
     assert all(np.isfinite(cached[k]).all() for k in ("loss", "distillation_loss", "val_loss"))
     assert cached["distillation_loss"][0] > 0
     assert out["cached_device_and_host_training_identical"] is True
+    assert out["mixed_device_and_host_batches_identical"] is True
 
     from kd.data import load_cifar10
     from kd.model_folder import load_model

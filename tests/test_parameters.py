@@ -187,6 +187,20 @@ def test_the_mapping_carries_each_parameter_to_its_stage():
             assert got[other] == base[other], (param, other)
 
 
+def test_teacher_mixup_views_reaches_the_distillation_only():
+    base = parameters.stage_configs(parameters.resolve({"teacher_views": 2}))
+    got = parameters.stage_configs(
+        parameters.resolve({"teacher_views": 2, "teacher_mixup_views": 6})
+    )
+    assert got["distill"].teacher_mixup_views == 6
+    assert dataclasses.replace(got["distill"], teacher_mixup_views=0) == base["distill"]
+    assert {k for k in got if got[k] != base[k]} == {"distill"}
+    sweep = parameters.resolve({"teacher_views": 2, "teacher_mixup_views": 6}, which="sweep")
+    assert sweep["teacher_mixup_views"] == 6
+    with pytest.raises(parameters.ParameterError, match="set teacher_views >= 1"):
+        parameters.resolve({"teacher_mixup_views": 6}, which="sweep")
+
+
 def test_with_the_baselines_own_rate_student_learning_rate_moves_the_distilled_student_only():
     """The demo's case: scratch_learning_rate set, so the shared rate is the distilled one's."""
     base = parameters.stage_configs(parameters.resolve({"scratch_learning_rate": 0.035}))

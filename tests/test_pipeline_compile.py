@@ -93,6 +93,24 @@ def test_only_the_scratch_student_takes_scratch_learning_rate(tmp_path):
         assert source(task, "learning_rate") == "student_learning_rate"
 
 
+@pytest.mark.parametrize("which", ["main", "sweep"])
+def test_only_the_distillations_take_teacher_mixup_views(tmp_path, which):
+    """The mixed views are the teacher's cache: every distillation (each branch of the sweep)
+    takes the parameter, defaulting to the config's, and no other step does."""
+    from kd.config import DistillConfig
+
+    spec = _compile(tmp_path, which=which)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["teacher_mixup_views"]["defaultValue"] == DistillConfig().teacher_mixup_views
+    takers = {
+        name: task["inputs"]["parameters"]["teacher_mixup_views"]["componentInputParameter"]
+        for name, task in _all_tasks(spec).items()
+        if "teacher_mixup_views" in task.get("inputs", {}).get("parameters", {})
+    }
+    assert set(takers) == {"distill-student"}
+    assert takers["distill-student"].endswith("teacher_mixup_views")
+
+
 @pytest.mark.parametrize("target", ["vertex", "kfp"])
 @pytest.mark.parametrize("which", ["main", "sweep"])
 def test_a_teacher_uri_imports_the_teacher_instead_of_training_it(tmp_path, target, which):

@@ -18,9 +18,11 @@ from kd.model_folder import INFO_FILE
 from kd.models import build_model, flip_tta
 from kd.train import (
     AUGMENT_KEY,
+    BLEND_ONE,
     IMAGE_KEY,
     TEACHER_KEY,
     BatchSequence,
+    blend_images,
     crop_flip,
     identity_augmentation,
 )
@@ -260,3 +262,100 @@ def test_fit_refuses_views_its_config_does_not_cache(tmp_path):
     with pytest.raises(ConfigError, match="needs views >= 1"):
         cache_teacher_views(_teacher(), x, 0, seed=0)
     assert not any(tmp_path.iterdir())
+
+
+def test_blends_are_mixup_of_the_two_images_to_the_nearest_integer():
+    rng = np.random.default_rng(3)
+    a, b = (rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+    w = np.array([0, 1, 127, 128, 255, BLEND_ONE])
+    out = blend_images(a, b, w)
+    assert out.dtype == np.uint8 and out.shape == a.shape
+    np.testing.assert_array_equal(out[0], b[0])
+    np.testing.assert_array_equal(out[-1], a[-1])
+    lam = (w / BLEND_ONE)[:, None, None, None]
+    exact = lam * a.astype(np.float64) + (1 - lam) * b.astype(np.float64)
+    assert np.abs(out - exact).max() <= 0.5
+    white = np.full((2, 32, 32, 3), 255, np.uint8)
+    np.testing.assert_array_equal(blend_images(white, white, np.array([77, 200])), white)
+
+
+def test_mixed_views_cache_the_teachers_logits_of_each_blend():
+    """Mixed views (``mixup_views``): the teacher's logits of the crop and flip of a blend
+    with another image of the split, at the weight the cache records; the plain views are the
+    ones a cache without mixed views holds."""
+    x, _ = _data(24)
+    teacher = _teacher()
+    plain = cache_teacher_views(teacher, x, 2, seed=11)
+    views = cache_teacher_views(teacher, x, 2, seed=11, mixup_views=3)
+    assert views.count == 5 and plain.mix is None
+    assert views.mix is not None and views.mix.shape == (24, 5, 2) and views.mix.dtype == np.int32
+    np.testing.assert_array_equal(views.augment[:, :2], plain.augment)
+    np.testing.assert_array_equal(views.logits[:, :2], plain.logits)
+    np.testing.assert_array_equal(views.mix[:, :2, 0], np.tile(np.arange(24)[:, None], (1, 2)))
+    assert (views.mix[:, :2, 1] == BLEND_ONE).all()
+    partner, w = views.mix[:, 2:, 0], views.mix[:, 2:, 1]
+    assert ((partner >= 0) & (partner < 24)).all() and ((w >= 0) & (w <= BLEND_ONE)).all()
+    assert len(np.unique(partner)) > 10 and (w < 128).any() and (w > 128).any()
+    for k in range(2, 5):
+        blends = blend_images(x, x[views.mix[:, k, 0]], views.mix[:, k, 1])
+        np.testing.assert_allclose(
+            views.logits[:, k], _logits(teacher, blends, views.augment[:, k]), rtol=1e-4, atol=1e-4
+        )
+    # Drawn per view: three different blends of each image.
+    assert not np.array_equal(views.mix[:, 2], views.mix[:, 3])
+
+
+def test_batches_train_on_mixed_views_with_their_logits_and_the_larger_weights_label():
+    x, y = _data(40)
+    views = cache_teacher_views(_teacher(), x, 1, seed=0, mixup_views=3)
+    assert views.mix is not None
+    seq = BatchSequence(x, y, 8, seed=5, shuffle=True, augment=True, views=views)
+    kinds = {"plain": 0, "mixed": 0}
+    for epoch in range(3):
+        for i in range(len(seq)):
+            inputs, labels = seq.batch(epoch, i)
+            idx = seq._ordering(epoch)[i * 8 : (i + 1) * 8]
+            for n, image, row, logit, label in zip(
+                idx,
+                inputs[IMAGE_KEY],
+                inputs[AUGMENT_KEY],
+                inputs[TEACHER_KEY],
+                labels,
+                strict=True,
+            ):
+                match = [
+                    k
+                    for k in range(4)
+                    if (views.augment[n, k] == row).all()
+                    and np.array_equal(
+                        image,
+                        blend_images(x[n : n + 1], x[views.mix[n, k, :1]], views.mix[n, k, 1:])[0],
+                    )
+                    and np.array_equal(logit, views.logits[n, k])
+                ]
+                assert match, "the batch's image is not one of its image's cached views"
+                partner, w = views.mix[n, match[0]]
+                assert label == (y[n] if w >= 128 else y[partner])
+                kinds["plain" if match[0] == 0 else "mixed"] += 1
+    # One of the image's 1 + 3 views per use, drawn at random: about 3 mixed to 1 plain.
+    assert kinds["plain"] > 10 and kinds["mixed"] > 2 * kinds["plain"]
+    a, b = seq.batch(2, 1), seq.batch(2, 1)
+    np.testing.assert_array_equal(a[0][IMAGE_KEY], b[0][IMAGE_KEY])
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"teacher_views": 2, "teacher_mixup_views": -1}, "must be an integer >= 0"),
+        ({"teacher_views": 0, "teacher_mixup_views": 2}, "set teacher_views >= 1"),
+        (
+            {"teacher_views": 60, "teacher_mixup_views": 5},
+            f"must be <= {MAX_TEACHER_VIEWS} - teacher_views ({MAX_TEACHER_VIEWS - 60})",
+        ),
+    ],
+)
+def test_bad_mixed_views_are_refused_by_the_config(fields, words):
+    with pytest.raises(ConfigError, match="invalid teacher_mixup_views") as err:
+        DistillConfig(**fields)
+    assert words in str(err.value)
+    assert DistillConfig(teacher_views=1, teacher_mixup_views=63).teacher_mixup_views == 63
