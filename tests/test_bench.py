@@ -285,12 +285,13 @@ def test_demo_kd_runs_the_demos_settings_and_scores_the_test_set_it_is_given(tmp
     from bench import demo_kd
     from kd import stages
 
-    rates = {}  # the peak learning rate each student's stage is handed
+    rates, configs = {}, {}  # the peak learning rate (and config) each student's stage gets
     for stage in ("train_student_scratch", "distill_student"):
         real = getattr(stages, stage)
 
         def spy(*args, _real=real, _stage=stage):
             rates[_stage] = args[-2].learning_rate  # (..., cfg, out_dir)
+            configs[_stage] = args[-2]
             return _real(*args)
 
         monkeypatch.setattr(stages, stage, spy)
@@ -314,6 +315,14 @@ def test_demo_kd_runs_the_demos_settings_and_scores_the_test_set_it_is_given(tmp
         "distill_student": run["params"]["student_learning_rate"],
     }
     assert own != run["params"]["student_learning_rate"]
+    # The distilled student learns from the demo's cached views, the mixed ones included.
+    demo = PROFILES["demo"]
+    cached = (
+        configs["distill_student"].teacher_views,
+        configs["distill_student"].teacher_mixup_views,
+    )
+    assert cached == (demo["teacher_views"], demo["teacher_mixup_views"])
+    assert run["params"]["teacher_mixup_views"] == demo["teacher_mixup_views"] > 0
     from kd.teacher import shipped_teacher_path
 
     shipped = json.loads(shipped_teacher_path().with_suffix(".json").read_text())
