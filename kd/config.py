@@ -43,8 +43,9 @@ SCHEDULES = ("cosine", "constant")
 TARGETS = ("kfp", "vertex")
 #: The Vertex AI GPU type of the training steps when GPUs are asked for without a type.
 DEFAULT_VERTEX_ACCELERATOR = "T4"
-# The most augmented views per image DistillConfig.teacher_views caches: 52 bytes per view and
-# image (10 float32 logits and an (oy, ox, flip) row), 133 MB for 40,000 images at 64 views.
+# The most augmented views per image DistillConfig.teacher_views (plus teacher_mixup_views)
+# caches: 60 bytes per view and image (10 float32 logits, an (oy, ox, flip) row and, with mixed
+# views, a (partner, weight) row), 154 MB for 40,000 images at 64 views.
 MAX_TEACHER_VIEWS = 64
 #: The distillation losses (:mod:`kd.distill`): Hinton's KD, decoupled KD, DIST.
 KD_LOSSES = ("hinton", "dkd", "dist")
@@ -391,7 +392,8 @@ class DistillConfig(StudentConfig):
             the teacher's logits for the result are cached. Each step draws one of the
             image's ``K + M`` views at random, so a share ``M / (K + M)`` of the steps' images
             are blends. The hard-label term (``alpha``) of a blend uses the label of the
-            image with the larger weight (``x_i`` when ``w >= 128``). Cost: M more teacher
+            image with the larger weight (``x_i`` when ``w >= 128``), as does DKD's target class
+            (``kd_loss=dkd``). Cost: M more teacher
             passes. 0 (default): plain views only. Needs the cache (``teacher_views >= 1``);
             ``K + M <= MAX_TEACHER_VIEWS``.
     """
@@ -493,7 +495,7 @@ class DistillConfig(StudentConfig):
                 self.teacher_mixup_views,
                 f"must be <= {MAX_TEACHER_VIEWS} - teacher_views "
                 f"({MAX_TEACHER_VIEWS - self.teacher_views}): the cache holds N x (K + M) "
-                "logits in memory",
+                "logits in memory; use fewer mixed or plain views",
             )
 
 

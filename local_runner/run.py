@@ -51,7 +51,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # 40 epochs (20 until session 16): on 4,765 held-out training images (not the test
         # set) the distilled student gained 1.3 points from 30 to 40 epochs and the scratch
         # student 0.8 (docs/RESULTS.md section 15; a patient teacher, Beyer et al. 2022). The
-        # longest that fits the demo's 180 s: 169 s measured with the image built.
+        # longest that fits the demo's 180 s: 177 s measured with the image built.
         "student_epochs": 40,
         "student_batch_size": 32,
         # The scratch student's own peak learning rate; the distilled student keeps 0.05.
@@ -65,9 +65,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         # blends of two training images that the teacher labels. On the held-out images at
         # 40 epochs the distilled student scored 61.1 % with them against 59.7 % with 4 plain
         # views; at 30 epochs 2 + 4 views gave 0.85 points less than 2 + 6, and 1 + 7 the
-        # same; mixup with mixed labels instead of the teacher made the scratch student worse
-        # (docs/RESULTS.md section 15). Each view costs a teacher pass (about 5 s here). The
-        # shipped teacher is flip-invariant, so each cached crop serves both flips.
+        # same; in a one-seed probe, mixup with mixed labels instead of the teacher made the
+        # scratch student worse (docs/RESULTS.md section 15). Each view costs a teacher pass
+        # (about 5 s here). The shipped teacher is flip-invariant, so each cached crop serves
+        # both flips.
         "teacher_views": 2,
         "teacher_mixup_views": 6,
         "teacher_divergence_check_epoch": 0,

@@ -359,3 +359,24 @@ def test_bad_mixed_views_are_refused_by_the_config(fields, words):
         DistillConfig(**fields)
     assert words in str(err.value)
     assert DistillConfig(teacher_views=1, teacher_mixup_views=63).teacher_mixup_views == 63
+
+
+def test_a_flip_tta_teachers_mixed_views_carry_its_logits_for_the_flip_drawn():
+    """The demo's path: a flip-invariant teacher caches each blend's crop once and the batch
+    draws its flip afresh; the logits are still the teacher's for the very image the student
+    sees."""
+    x, y = _data(24)
+    teacher = flip_tta(_teacher())
+    views = cache_teacher_views(teacher, x, 1, seed=0, mixup_views=2)
+    assert views.flip_free and views.mix is not None
+    seq = BatchSequence(x, y, 8, seed=5, shuffle=True, augment=True, views=views)
+    flips = set()
+    for epoch in range(2):
+        for i in range(len(seq)):
+            inputs, _ = seq.batch(epoch, i)
+            rows = inputs[AUGMENT_KEY]
+            np.testing.assert_allclose(
+                inputs[TEACHER_KEY], _logits(teacher, inputs[IMAGE_KEY], rows), rtol=1e-4, atol=1e-4
+            )
+            flips |= set(rows[:, 2].tolist())
+    assert flips == {0, 1}
