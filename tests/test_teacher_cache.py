@@ -45,6 +45,21 @@ def _logits(model: keras.Model, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(model(images, training=False))
 
 
+def _batches_with_the_teachers_logits(seq: BatchSequence, teacher: keras.Model, epochs: int):
+    """Every batch of ``epochs`` epochs of ``seq``, each checked first: its teacher logits are
+    the teacher's own for the very images and crop rows in it, flips included."""
+    for epoch in range(epochs):
+        for i in range(len(seq)):
+            inputs, labels = seq.batch(epoch, i)
+            np.testing.assert_allclose(
+                inputs[TEACHER_KEY],
+                _logits(teacher, inputs[IMAGE_KEY], inputs[AUGMENT_KEY]),
+                rtol=1e-4,
+                atol=1e-4,
+            )
+            yield inputs, labels
+
+
 def test_cached_logits_are_the_teachers_logits_of_each_cached_view():
     x, _ = _data(24)
     teacher = _teacher()
@@ -112,19 +127,12 @@ def test_a_flip_tta_teachers_cached_crops_serve_both_flips_with_their_true_logit
     assert not cache_teacher_views(teacher, x, 1, seed=0, augment=False).flip_free
     seq = BatchSequence(x, y, 8, seed=5, shuffle=True, augment=True, views=views)
     seen: set[tuple[int, int, int]] = set()
-    for epoch in range(4):
-        for i in range(len(seq)):
-            inputs, _ = seq.batch(epoch, i)
-            rows = inputs[AUGMENT_KEY]
-            # The teacher's logits of the very views in the batch, flip included.
-            np.testing.assert_allclose(
-                inputs[TEACHER_KEY], _logits(teacher, inputs[IMAGE_KEY], rows), rtol=1e-4, atol=1e-4
-            )
-            for image, row in zip(inputs[IMAGE_KEY], rows, strict=True):
-                n = int(np.flatnonzero((x == image).all(axis=(1, 2, 3)))[0])
-                k = [j for j in range(2) if (views.augment[n, j, :2] == row[:2]).all()]
-                assert k, "the batch's crop is not one of the image's cached crops"
-                seen.add((n, k[0], int(row[2])))
+    for inputs, _ in _batches_with_the_teachers_logits(seq, teacher, 4):
+        for image, row in zip(inputs[IMAGE_KEY], inputs[AUGMENT_KEY], strict=True):
+            n = int(np.flatnonzero((x == image).all(axis=(1, 2, 3)))[0])
+            k = [j for j in range(2) if (views.augment[n, j, :2] == row[:2]).all()]
+            assert k, "the batch's crop is not one of the image's cached crops"
+            seen.add((n, k[0], int(row[2])))
     flips = {(n, k) for n, k, f in seen if (n, k, 1 - f) in seen}
     assert len(flips) > 20, "cached crops should be used with both flips"
     a, b = seq.batch(3, 2), seq.batch(3, 2)
@@ -371,12 +379,6 @@ def test_a_flip_tta_teachers_mixed_views_carry_its_logits_for_the_flip_drawn():
     assert views.flip_free and views.mix is not None
     seq = BatchSequence(x, y, 8, seed=5, shuffle=True, augment=True, views=views)
     flips = set()
-    for epoch in range(2):
-        for i in range(len(seq)):
-            inputs, _ = seq.batch(epoch, i)
-            rows = inputs[AUGMENT_KEY]
-            np.testing.assert_allclose(
-                inputs[TEACHER_KEY], _logits(teacher, inputs[IMAGE_KEY], rows), rtol=1e-4, atol=1e-4
-            )
-            flips |= set(rows[:, 2].tolist())
+    for inputs, _ in _batches_with_the_teachers_logits(seq, teacher, 2):
+        flips |= set(inputs[AUGMENT_KEY][:, 2].tolist())
     assert flips == {0, 1}
