@@ -392,10 +392,9 @@ class DistillConfig(StudentConfig):
             the teacher's logits for the result are cached. Each step draws one of the
             image's ``K + M`` views at random, so a share ``M / (K + M)`` of the steps' images
             are blends. The hard-label term (``alpha``) of a blend uses the label of the
-            image with the larger weight (``x_i`` when ``w >= 128``), as does DKD's target class
-            (``kd_loss=dkd``). Cost: M more teacher
-            passes. 0 (default): plain views only. Needs the cache (``teacher_views >= 1``);
-            ``K + M <= MAX_TEACHER_VIEWS``.
+            image with the larger weight (``x_i`` when ``w >= 128``), as does DKD's target
+            class (``kd_loss=dkd``). Cost: M more teacher passes. 0 (default): plain views
+            only. Needs the cache (``teacher_views >= 1``); ``K + M <= MAX_TEACHER_VIEWS``.
     """
 
     temperature: float = 5.0

@@ -222,6 +222,12 @@ def blend_images(a: Any, b: Any, w: Any, xp: Any = np) -> Any:
     return (mixed // BLEND_ONE).astype(xp.uint8)
 
 
+def blend_labels(ya: Any, yb: Any, w: Any, xp: Any = np) -> Any:
+    """The label of each :func:`blend_images` blend: that of the image with the larger weight
+    (``ya`` when ``w >= 128``, i.e. lambda >= 0.5). ``xp``: ``numpy`` or ``jax.numpy``."""
+    return xp.where(xp.asarray(w) >= BLEND_ONE // 2, ya, yb)
+
+
 def crop_flip(images: Any, params: Any, pad: int = 4) -> Any:
     """:func:`augment_batch` as backend ops (``keras.ops``), so it runs inside the compiled step.
 
@@ -319,8 +325,8 @@ def _device_gather(x: np.ndarray, y: np.ndarray) -> tuple[Any, Any, Any, Any]:
         return xs[idx], ys[idx]
 
     def take_blend(xs: Any, ys: Any, idx: Any, partner: Any, w: Any) -> tuple[Any, Any]:
-        images = blend_images(xs[idx], xs[partner], w, jnp)
-        return images, jnp.where(w >= BLEND_ONE // 2, ys[idx], ys[partner])
+        labels = blend_labels(ys[idx], ys[partner], w, jnp)
+        return blend_images(xs[idx], xs[partner], w, jnp), labels
 
     return jax.device_put(x), jax.device_put(y), jax.jit(take), jax.jit(take_blend)
 
@@ -468,8 +474,8 @@ class BatchSequence(keras.utils.PyDataset):
             x_dev, y_dev, _, take_blend = self._device
             i32 = np.int32
             return take_blend(x_dev, y_dev, idx.astype(i32), partner.astype(i32), w.astype(i32))
-        xb = blend_images(self.x[idx], self.x[partner], w)
-        return xb, np.where(w >= BLEND_ONE // 2, self.y[idx], self.y[partner])
+        ya, yb = self.y[idx], self.y[partner]
+        return blend_images(self.x[idx], self.x[partner], w), blend_labels(ya, yb, w)
 
     def __getitem__(self, k: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Request ``k``: batch ``k mod len`` of epoch ``start_epoch + k // len``."""
