@@ -177,9 +177,12 @@ def test_no_credentials_in_the_image(image: str) -> None:
 
 @pytest.mark.docker
 def test_rebuild_is_skipped_when_inputs_are_unchanged(image: str) -> None:
-    """The image the fixture built is kept: build.sh says so and starts no docker build.
-    (Editing kd/, components/ or local_runner/ while this module runs changes the inputs and
-    fails this test, rightly: the image would be stale.)"""
+    """The image the fixture built is kept: build.sh says so, starts no docker build, and the
+    tag still names the same image. (Editing one of the image's inputs while this module runs,
+    docker/build.sh's sources_hash: kd/, components/, local_runner/, the Dockerfile, the
+    requirements, pyproject.toml, README.md, pipeline.py, submit.py, parameters.py, or the
+    base image, fails this test, rightly: the image would be stale.)"""
+    before = _run("docker", "image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
     r = subprocess.run(
         ["bash", str(REPO / "docker" / "build.sh"), "--offline"],
         cwd=REPO,
@@ -190,6 +193,8 @@ def test_rebuild_is_skipped_when_inputs_are_unchanged(image: str) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     assert "is up to date" in r.stdout, r.stdout[-3000:]
     assert "Step 1/" not in r.stdout and "building " not in r.stdout, r.stdout[-3000:]
+    after = _run("docker", "image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
+    assert before and after == before
 
 
 @pytest.mark.docker

@@ -35,6 +35,8 @@ from kd.model_folder import load_model
 from kd.teacher import shipped_teacher_path
 from local_runner.run import PROFILES, parse_value
 
+if a.blend and not hasattr(kdd, "_blend_weights"):
+    sys.exit("--blend needs the probe's hook kd.distill._blend_weights, not in the committed code")
 if a.blend:
     lo, hi = map(int, a.blend.split(","))
     kdd._blend_weights = lambda rng, n: rng.integers(lo, hi + 1, size=n)
