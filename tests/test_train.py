@@ -24,6 +24,7 @@ from kd.train import (
     AUGMENT_KEY,
     IMAGE_KEY,
     BatchSequence,
+    EpochCheckpoint,
     augment_batch,
     crop_flip,
     draw_augmentation,
@@ -295,8 +296,6 @@ def _kill_after_epochs(
             time.sleep(0.3)  # into the next epoch
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            from kd.train import EpochCheckpoint
-
             return EpochCheckpoint(history.parent).latest()[0]
         if proc.poll() is not None:
             pytest.fail(f"worker ended before the kill: {proc.stdout.read()}")
