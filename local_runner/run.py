@@ -51,8 +51,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         # 40 epochs (20 until session 16): on 4,765 held-out training images (not the test
         # set) the distilled student gained 1.3 points from 30 to 40 epochs and the scratch
         # student 0.8 (docs/RESULTS.md section 15; a patient teacher, Beyer et al. 2022). The
-        # longest that fits the demo's 180 s: 169 and 177 s measured with the image built
-        # (187 s from a fresh clone at a slower moment of the same VM, RESULTS section 16).
+        # longest that fits the demo's 180 s on a fast moment of the VM: 169 to 194 s
+        # measured with the image built (four runs, RESULTS sections 15-17).
         "student_epochs": 40,
         "student_batch_size": 32,
         # The scratch student's own peak learning rate; the distilled student keeps 0.05.
