@@ -5,9 +5,12 @@ Would a larger sample let the demo show a larger KD gain? The demo profile (40 e
 teacher views, the scratch student at its own 0.025), both students trained on ``n`` labeled
 images drawn per seed from the shipped teacher's training split (``bench.label_budget``'s
 ``student_splits``: stratified, the students' validation split 1,000 of the teacher's held-out
-images), through the product's stage functions; each scored on the other 4,000 of the
-teacher's held-out images (official *training* images no model trained on; never the test
-set). One JSON line per (n, student, seed) to --log; finished lines are skipped on a rerun.
+images), through the product's stage functions; each scored on 4,000 of the teacher's 5,000
+held-out images (official *training* images no model trained on; never the test set).
+As run, 788 of those 4,000 are also the students' validation images (only watched: no early
+stopping); the comment at ``rest`` below misread ``student_splits``, which sorts before it
+takes the first 1,000 (found in review, kept as run; docs/RESULTS.md section 17).
+One JSON line per (n, student, seed) to --log; finished lines are skipped on a rerun.
 
     .venv/bin/python bench/results/s18/sample_size_probe.py --n 2000 5000 --seeds 0 1 2 \
         --log bench/results/s18/sample_size_probe.jsonl
@@ -44,7 +47,7 @@ folder = Path(a.data)
 with np.load(folder / "train.npz") as f:
     x_all, y_all = f["x"], f["y"].astype(np.uint8).ravel()
 _, teacher_val = stratified_split(y_all, 0.1, 0)
-# student_splits takes the first VAL_IMAGES of this permutation for validation: score on the rest.
+# (Wrong, see the docstring: student_splits sorts the permutation before taking VAL_IMAGES.)
 rest = np.sort(teacher_val[np.random.default_rng(1234).permutation(len(teacher_val))][VAL_IMAGES:])
 hold_x, hold_y = x_all[rest], y_all[rest]
 log_path = Path(a.log)
